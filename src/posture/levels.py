@@ -1,0 +1,30 @@
+"""The rungs of the ladder posture runs, in order of isolation."""
+
+from __future__ import annotations
+
+LEVELS: tuple[str, ...] = ("l2", "l3", "l4")
+DESCRIPTIONS = {
+    "l2": "local sandbox (bubblewrap, kernel-filtered network)",
+    "l3": "local microVM (libvirt + QEMU, own kernel, virtio-fs view)",
+    "l4": "remote host over Tailscale (code goes by git, work comes back as refs)",
+}
+
+
+def is_level(name: object) -> bool:
+    """True when `name` is one of the levels posture runs."""
+    return isinstance(name, str) and name in LEVELS
+
+
+def rank(level: str) -> int:
+    """Position of `level` on the ladder (higher is more isolated)."""
+    return LEVELS.index(level)
+
+
+def highest(*levels: str) -> str:
+    """The most isolated of the given levels."""
+    return max(levels, key=rank)
+
+
+def above(level: str) -> list[str]:
+    """Levels strictly above `level`, lowest first."""
+    return list(LEVELS[rank(level) + 1 :])

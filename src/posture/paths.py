@@ -1,0 +1,50 @@
+"""Where posture keeps its config, state and data (XDG), never inside a sandbox's view."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP = "posture"
+
+
+def config_dir() -> Path:
+    """User config directory: $XDG_CONFIG_HOME/posture."""
+    return Path(platformdirs.user_config_dir(APP, appauthor=False))
+
+
+def user_config_file() -> Path:
+    """The user's config file, `config.toml` in the config directory."""
+    return config_dir() / "config.toml"
+
+
+def state_dir() -> Path:
+    """State directory ($XDG_STATE_HOME/posture): sessions, audit log, agent state, approvals."""
+    return Path(platformdirs.user_state_dir(APP, appauthor=False))
+
+
+def data_dir() -> Path:
+    """Data directory ($XDG_DATA_HOME/posture): fetched kernels and other large assets."""
+    return Path(platformdirs.user_data_dir(APP, appauthor=False))
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) with mode 0700 and return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(path, 0o700)
+    except PermissionError:
+        pass
+    return path
+
+
+def home_dir() -> Path:
+    """The invoking user's home directory."""
+    return Path(os.environ.get("HOME") or Path.home())
+
+
+def posture_owned_dirs() -> list[Path]:
+    """Directories that hold posture's own state; no view may ever include them."""
+    return [config_dir(), state_dir(), data_dir()]

@@ -1,0 +1,49 @@
+"""Facts about a project that the trigger rules judge: remotes, authors, MCP servers, intent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import gitutil
+from . import mcp, trust
+from .remotes import Remote, project_remotes
+
+AUTHOR_SCAN_LIMIT = 200_000  # commits; beyond this the scan stops and says so
+
+
+@dataclass
+class Facts:
+    """What posture knows about a project and the task at hand."""
+
+    project: Path
+    is_git: bool
+    remotes: list[Remote] = field(default_factory=list)
+    authors: list[str] = field(default_factory=list)
+    commits: int = 0
+    authors_truncated: bool = False
+    mcp: mcp.Discovery = field(default_factory=mcp.Discovery)
+    trust: dict[str, Any] | None = None
+    intent_push: bool = False
+    untrusted_input: bool = False
+
+
+def _authors(project: Path) -> tuple[list[str], int, bool]:
+    proc = gitutil.git(project, "log", "--all", f"--max-count={AUTHOR_SCAN_LIMIT}", "--format=%ae", check=False)
+    if proc.returncode != 0:
+        return [], 0, False
+    lines = proc.stdout.decode(errors="replace").splitlines()
+    return sorted({line.strip().lower() for line in lines if line.strip()}), len(lines), len(lines) >= AUTHOR_SCAN_LIMIT
+
+
+def gather(project: Path, *, intent_push: bool = False, untrusted_input: bool = False) -> Facts:
+    """Collect the facts for `project` (declared intent comes from the CLI and the repo file)."""
+    is_git = gitutil.common_dir(project) is not None
+    facts = Facts(project=project, is_git=is_git, intent_push=intent_push, untrusted_input=untrusted_input)
+    if is_git:
+        facts.remotes = project_remotes(project)
+        facts.authors, facts.commits, facts.authors_truncated = _authors(project)
+    facts.mcp = mcp.discover(project)
+    facts.trust = trust.trusted(project)
+    return facts

@@ -1,0 +1,79 @@
+"""Agent profiles: the command to run, its per-project state, credential files and env allowlist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config, paths
+from .errors import ConfigError, UsageError
+
+BUILTIN_DIR = Path(__file__).parent / "profiles"
+
+_SCHEMA: config.Schema = {
+    "description": config._str,
+    "command": config._list_of(config._str, "strings"),
+    "state": {"dirs": config._list_of(config._repo_path, "home-relative paths"), "files": config._list_of(config._repo_path, "home-relative paths")},
+    "credentials": {"files": config._list_of(config._repo_path, "home-relative paths")},
+    "env": {"pass": config._ENV_PATTERNS, "secrets": config._ENV_LIST},
+    "protect": {"paths": config._REPO_PATHS},
+}
+
+
+@dataclass
+class Profile:
+    """One agent's needs: what to run and what of the home it may see."""
+
+    name: str
+    description: str
+    command: list[str]
+    state_dirs: list[str] = field(default_factory=list)
+    state_files: list[str] = field(default_factory=list)
+    credential_files: list[str] = field(default_factory=list)
+    env_pass: list[str] = field(default_factory=list)
+    env_secrets: list[str] = field(default_factory=list)
+    protect: list[str] = field(default_factory=list)
+
+
+def _search_path(name: str) -> Path | None:
+    for base in (paths.config_dir() / "profiles", BUILTIN_DIR):
+        candidate = base / f"{name}.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def available() -> list[str]:
+    """Names of every profile: the user's own and the built-in ones."""
+    names = {p.stem for p in BUILTIN_DIR.glob("*.toml")}
+    user = paths.config_dir() / "profiles"
+    if user.is_dir():
+        names |= {p.stem for p in user.glob("*.toml")}
+    return sorted(names)
+
+
+def load(name: str) -> Profile:
+    """Load profile `name` (user profiles shadow built-in ones)."""
+    path = _search_path(name)
+    if path is None:
+        raise UsageError(f"no profile named {name!r}", fix=f"use one of: {', '.join(available())}")
+    data, text = config._read_toml(path)
+    clean, _ = config._validate(data, _SCHEMA, path, text)
+    if not clean.get("command"):
+        raise ConfigError(path, None, "command", "missing (expected a list such as [\"claude\"])")
+    return _from_dict(name, clean)
+
+
+def _from_dict(name: str, d: dict[str, Any]) -> Profile:
+    return Profile(
+        name=name,
+        description=d.get("description", name),
+        command=list(d["command"]),
+        state_dirs=list(d.get("state", {}).get("dirs", [])),
+        state_files=list(d.get("state", {}).get("files", [])),
+        credential_files=list(d.get("credentials", {}).get("files", [])),
+        env_pass=list(d.get("env", {}).get("pass", [])),
+        env_secrets=list(d.get("env", {}).get("secrets", [])),
+        protect=list(d.get("protect", {}).get("paths", [])),
+    )

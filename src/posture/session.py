@@ -1,0 +1,240 @@
+"""The one session interface every backend implements, and the session store.
+
+Sessions live in posture's state dir (`sessions/<id>.json`), never inside any sandbox's view.
+"""
+
+from __future__ import annotations
+
+import abc
+import fcntl
+import json
+import os
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import paths
+from .errors import UsageError
+
+# Session statuses.
+STARTING, RUNNING, FROZEN, STOPPED, FAILED, ESCALATED, DEAD = (
+    "starting", "running", "frozen", "stopped", "failed", "escalated", "dead",
+)
+LIVE = (STARTING, RUNNING, FROZEN)
+
+
+@dataclass
+class SessionRecord:
+    """What posture remembers about a session."""
+
+    id: str
+    project: str
+    level: str
+    backend: str
+    profile: str
+    status: str = STARTING
+    parent: str | None = None
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    keeper_pid: int | None = None  # the host process that holds the session open, if any
+    checkpoints: list[str] = field(default_factory=list)
+    note: str = ""  # what happened and how to resume, for `status`
+    data: dict[str, Any] = field(default_factory=dict)  # backend-specific facts
+
+    def public(self) -> dict[str, Any]:
+        """The stable `status --json` shape."""
+        return {
+            "id": self.id,
+            "project": self.project,
+            "level": self.level,
+            "backend": self.backend,
+            "status": self.status,
+            "parent": self.parent,
+            "created": self.created,
+            "profile": self.profile,
+            "checkpoints": list(self.checkpoints),
+            "note": self.note,
+        }
+
+
+def new_id() -> str:
+    """A short, unguessable session id."""
+    return time.strftime("%m%d") + "-" + secrets.token_hex(4)
+
+
+def sessions_dir() -> Path:
+    """Where session records are kept."""
+    return paths.ensure_private_dir(paths.state_dir() / "sessions")
+
+
+def session_runtime_dir(session_id: str) -> Path:
+    """Private per-session directory on the host for sockets and scratch state."""
+    return paths.ensure_private_dir(paths.state_dir() / "run" / session_id)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    lock = path.with_suffix(".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class SessionStore:
+    """JSON records, one file per session, written atomically."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or sessions_dir()
+
+    def _path(self, session_id: str) -> Path:
+        if not session_id or "/" in session_id or session_id.startswith("."):
+            raise UsageError(f"invalid session id {session_id!r}", fix="see `posture status` for session ids")
+        return self.root / f"{session_id}.json"
+
+    def save(self, record: SessionRecord) -> None:
+        """Write `record` atomically."""
+        path = self._path(record.id)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    def get(self, session_id: str) -> SessionRecord:
+        """The record of `session_id`; exit 64 when there is none."""
+        path = self._path(session_id)
+        if not path.exists():
+            raise UsageError(f"no session {session_id!r}", fix="see `posture status` for session ids")
+        return SessionRecord(**json.loads(path.read_text()))
+
+    def update(self, session_id: str, **changes: Any) -> SessionRecord:
+        """Change fields of a record under a lock and return it."""
+        path = self._path(session_id)
+        with _locked(path):
+            record = self.get(session_id)
+            for key, value in changes.items():
+                setattr(record, key, value)
+            self.save(record)
+        return record
+
+    def all(self) -> list[SessionRecord]:
+        """Every record, oldest first; records of dead keepers are marked dead."""
+        records = []
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                records.append(SessionRecord(**json.loads(path.read_text())))
+            except (ValueError, TypeError):
+                continue
+        return sorted(records, key=lambda r: r.created)
+
+    def live(self, project: str | None = None) -> list[SessionRecord]:
+        """Sessions still starting, running or frozen (optionally of one project)."""
+        return [r for r in self.all() if r.status in LIVE and (project is None or r.project == project)]
+
+    def remove(self, session_id: str) -> None:
+        """Forget a session."""
+        self._path(session_id).unlink(missing_ok=True)
+        self._path(session_id).with_suffix(".lock").unlink(missing_ok=True)
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when process `pid` exists (and is not a zombie)."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Session(abc.ABC):
+    """A running (or startable) agent environment at one level."""
+
+    def __init__(self, record: SessionRecord) -> None:
+        self.record = record
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Bring the environment up; return when commands can run in it."""
+
+    @abc.abstractmethod
+    def exec(self, argv: list[str], tty: bool) -> int:
+        """Run `argv` inside, with this process's stdio; return its exit code (128+N if killed by N)."""
+
+    @abc.abstractmethod
+    def attach(self) -> int:
+        """Connect the terminal to the session's agent; return when the user detaches or it ends."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Tear everything down; no process of the session survives."""
+
+    def checkpoint(self) -> str:
+        """Capture the session's work as a commit under refs/posture/<session>/; return the ref."""
+        from . import checkpoint
+
+        return checkpoint.capture(Path(self.record.project), self.record.id).ref
+
+    def freeze(self) -> None:
+        """Stop the agent from acting (for a move up the ladder)."""
+        raise NotImplementedError
+
+    def thaw(self) -> None:
+        """Undo `freeze`."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the session for `status`."""
+        return self.record.public()
+
+
+@dataclass
+class Check:
+    """One line of `posture doctor`."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class Availability:
+    """Whether a backend can run here, and if not, why and how to fix it."""
+
+    ok: bool
+    reason: str = ""
+    fix: str = ""
+
+
+class Backend(abc.ABC):
+    """A way of realising one level. Registered through the `posture` plugin entry points."""
+
+    name: str = ""
+    level: str = ""
+    description: str = ""
+
+    @abc.abstractmethod
+    def availability(self, settings: Any) -> Availability:
+        """Can this host run sessions at this level now? Fast; no side effects."""
+
+    def doctor(self, settings: Any) -> list[Check]:
+        """Detailed checks for `posture doctor`, each failing one with its fix."""
+        avail = self.availability(settings)
+        return [Check(self.name, avail.ok, avail.reason or "available", avail.fix)]
+
+    def setup(self, settings: Any, options: dict[str, Any]) -> list[str]:
+        """Root, once per host: install what this level needs; return what was done."""
+        return []
+
+    def teardown(self, settings: Any) -> list[str]:
+        """Undo `setup`; return what was done."""
+        return []
+
+    @abc.abstractmethod
+    def session(self, record: SessionRecord, view: Any, settings: Any) -> Session:
+        """A Session for `record` (new, or re-opened from the store by a later command)."""
