@@ -1,0 +1,372 @@
+"""Orchestration: decide, open a session on the right backend, run, keep, attach, stop.
+
+The CLI stays thin; everything a command does to sessions happens here.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import audit, gitutil, levels, plugins, profiles
+from .config import Settings, load_settings
+from .errors import InternalError, Refused, Unavailable, UsageError
+from .policy.decide import Decision, decide
+from .session import (
+    DEAD,
+    FAILED,
+    LIVE,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    Session,
+    SessionRecord,
+    SessionStore,
+    new_id,
+    pid_alive,
+    session_runtime_dir,
+)
+from .view import build_view
+
+TMUX = ["tmux", "-L", "posture"]
+AGENT_WINDOW = "agent"
+KEEPER_READY_TIMEOUT = 600.0
+
+
+@dataclass
+class Request:
+    """What the user asked for on the command line."""
+
+    path: Path | None = None
+    level: str = "auto"
+    profile: str | None = None
+    intent_push: bool = False
+    untrusted_input: bool = False
+
+
+@dataclass
+class Plan:
+    """A decided session, not yet started."""
+
+    project: Path
+    settings: Settings
+    decision: Decision
+    profile: profiles.Profile
+
+
+def parse_level(level: str) -> str | None:
+    """'auto' -> None, a level name -> itself; anything else is a usage error."""
+    if level == "auto":
+        return None
+    if not levels.is_level(level):
+        raise UsageError(f"--level {level!r} is not a level", fix=f"use auto or one of {', '.join(levels.LEVELS)}")
+    return level
+
+
+def plan(req: Request) -> Plan:
+    """Resolve the project, load config, decide the level, and check its backend can run."""
+    project = gitutil.resolve_project(req.path)
+    settings = load_settings(project)
+    requested = parse_level(req.level)
+    profile = profiles.load(req.profile or settings.profile)
+    decision = decide(
+        project,
+        settings,
+        intent_push=req.intent_push,
+        untrusted_input=req.untrusted_input,
+        requested=requested,
+    )
+    audit.record(
+        "decision",
+        project=str(project),
+        level=decision.level,
+        requested=requested,
+        override=decision.override or None,
+        rules=[{"rule": r.rule, "fired": r.fired, "level": r.level, "evidence": r.evidence} for r in decision.rules],
+        ratchet=decision.ratchet,
+        backend=decision.backend,
+        available=decision.backend_available,
+    )
+    if requested and decision.ratchet and levels.rank(requested) < levels.rank(decision.ratchet["level"]):
+        audit.record("ratchet.override", project=str(project), ratchet=decision.ratchet, requested=requested)
+    if not decision.backend_available:
+        name = decision.backend or "no backend"
+        raise Unavailable(
+            f"{decision.level} is needed ({decision.why()}) but {name} cannot run here: {decision.backend_reason}",
+            fix=decision.backend_fix or f"configure a {decision.level} backend (see `posture doctor`)",
+        )
+    return Plan(project, settings, decision, profile)
+
+
+def _settings_for(record: SessionRecord) -> Settings:
+    return load_settings(Path(record.project))
+
+
+def open_session(p: Plan, parent: str | None = None, view_needed: bool = True) -> Session:
+    """Create the session record and the backend's Session for a plan."""
+    backend = plugins.backend_named(p.decision.backend or "")
+    record = SessionRecord(
+        id=new_id(),
+        project=str(p.project),
+        level=p.decision.level,
+        backend=backend.name,
+        profile=p.profile.name,
+        parent=parent,
+    )
+    SessionStore().save(record)
+    view = build_view(p.project, p.profile, p.settings, record.id, record.level) if view_needed else None
+    return backend.session(record, view, p.settings)
+
+
+def reopen(record: SessionRecord) -> Session:
+    """The backend's Session for an existing record (from another process)."""
+    backend = plugins.backend_named(record.backend)
+    return backend.session(record, None, _settings_for(record))
+
+
+def live_record(session_id: str | None, project: Path | None = None) -> SessionRecord:
+    """The named session, or the only live one (of the project, if given); it must be live."""
+    store = SessionStore()
+    if session_id:
+        record = refresh(store.get(session_id))
+        if record.status not in LIVE:
+            raise UsageError(f"session {session_id} is {record.status}", fix="see `posture status`; start a new one with `posture up`")
+        return record
+    live = [refresh(r) for r in store.live(str(project) if project else None)]
+    live = [r for r in live if r.status in LIVE]
+    if len(live) == 1:
+        return live[0]
+    if not live:
+        raise UsageError("no running session", fix="start one with `posture up`")
+    raise UsageError(f"{len(live)} sessions are running", fix="name one with --session (see `posture status`)")
+
+
+def refresh(record: SessionRecord) -> SessionRecord:
+    """Mark a live session whose keeper died as dead."""
+    if record.status in LIVE and record.keeper_pid and not pid_alive(record.keeper_pid):
+        record = SessionStore().update(record.id, status=DEAD, note="its keeper process is gone; `posture down --session " + record.id + "` cleans up")
+    return record
+
+
+def _start(session: Session) -> None:
+    store = SessionStore()
+    record = session.record
+    audit.record("session.start", session=record.id, project=record.project, level=record.level, backend=record.backend, parent=record.parent)
+    try:
+        session.start()
+    except BaseException as exc:
+        session.record.status = FAILED
+        session.record.note = f"start failed: {exc}"
+        store.save(session.record)
+        audit.record("session.failed", session=record.id, error=str(exc))
+        try:
+            session.stop()
+        except Exception:  # noqa: BLE001 - best effort after a failed start
+            pass
+        raise
+    session.record.status = RUNNING
+    store.save(session.record)
+
+
+def _stop(session: Session, status: str = STOPPED) -> None:
+    try:
+        session.stop()
+    finally:
+        SessionStore().update(session.record.id, status=status)
+        audit.record("session.stop", session=session.record.id, status=status)
+
+
+def exec_fresh(req: Request, argv: list[str]) -> int:
+    """`posture exec [PATH] -- CMD`: run CMD in a new session, stream it, tear down, return its code."""
+    p = plan(req)
+    session = open_session(p)
+    _start(session)
+    try:
+        return session.exec(argv, tty=os.isatty(0) and os.isatty(1))
+    finally:
+        _stop(session)
+
+
+def exec_in(session_id: str | None, argv: list[str]) -> int:
+    """`posture exec --session ID -- CMD`: run CMD in a running session."""
+    record = live_record(session_id)
+    audit.record("session.exec", session=record.id, argv=argv)
+    return reopen(record).exec(argv, tty=os.isatty(0) and os.isatty(1))
+
+
+# ---------------------------------------------------------------- keeper (detached sessions)
+
+def spawn_keeper(record: SessionRecord, req: Request) -> None:
+    """Start the keeper that holds `record`'s session open, and wait until it is up."""
+    runtime = session_runtime_dir(record.id)
+    log = open(runtime / "keeper.log", "ab")
+    r, w = os.pipe()
+    argv = [sys.executable, "-m", "posture.cli", "_keeper", record.id, "--ready-fd", str(w)]
+    proc = subprocess.Popen(argv, pass_fds=[w], start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True)
+    os.close(w)
+    log.close()
+    answer = b""
+    deadline = time.monotonic() + KEEPER_READY_TIMEOUT
+    try:
+        while not answer.startswith(b"ok") and time.monotonic() < deadline:
+            ready, _, _ = select.select([r], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        os.close(r)
+    if not answer.startswith(b"ok"):
+        proc.wait(timeout=30)
+        message = answer.decode(errors="replace").strip() or f"keeper exited with {proc.returncode}; see {runtime / 'keeper.log'}"
+        raise Unavailable(f"session {record.id} did not start: {message}", fix=f"see {runtime / 'keeper.log'} and `posture doctor`")
+
+
+def keeper_main(session_id: str, ready_fd: int | None) -> int:
+    """Hold a session open until SIGTERM (run as `posture _keeper`)."""
+    if ready_fd is not None:
+        os.set_inheritable(ready_fd, False)
+    stopping = False
+
+    def on_term(signo: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        store = SessionStore()
+        record = store.get(session_id)
+        settings = _settings_for(record)
+        profile = profiles.load(record.profile)
+        view = build_view(Path(record.project), profile, settings, record.id, record.level)
+        backend = plugins.backend_named(record.backend)
+        session = backend.session(record, view, settings)
+        session.record.keeper_pid = os.getpid()
+        _start(session)
+    except BaseException as exc:  # noqa: BLE001 - reported to the waiting CLI
+        if ready_fd is not None:
+            os.write(ready_fd, f"error: {exc}".encode())
+        return 1
+    if ready_fd is not None:
+        os.write(ready_fd, b"ok")
+        os.close(ready_fd)
+    while not stopping:
+        time.sleep(0.2)
+        if not session_alive(session):
+            break
+    _stop(session)
+    return 0
+
+
+def session_alive(session: Session) -> bool:
+    """Ask the session whether it still runs (backends may implement `alive()`)."""
+    alive = getattr(session, "alive", None)
+    return bool(alive()) if callable(alive) else True
+
+
+def launch_agent(session: Session, argv: list[str]) -> None:
+    """Start the agent command inside the session, in tmux so it can be detached and re-attached."""
+    launch = getattr(session, "launch", None)
+    if callable(launch):
+        launch(argv)
+        return
+    code = session.exec([*TMUX, "new-session", "-d", "-s", AGENT_WINDOW, "-x", "200", "-y", "50", "--", *argv], tty=False)
+    if code != 0:
+        raise InternalError(f"could not start the agent in the session (tmux exited {code})")
+
+
+def agent_running(session: Session) -> bool:
+    """True while the agent's tmux session exists inside the session."""
+    running = getattr(session, "agent_running", None)
+    if callable(running):
+        return bool(running())
+    with open(os.devnull, "wb") as null:
+        saved = os.dup(1), os.dup(2)
+        try:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            return session.exec([*TMUX, "has-session", "-t", AGENT_WINDOW], tty=False) == 0
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecord, int]:
+    """`posture up`: start a kept session, launch the agent, and attach unless `detach`."""
+    p = plan(req)
+    session = open_session(p, view_needed=False)
+    record = session.record
+    spawn_keeper(record, req)
+    record = SessionStore().get(record.id)
+    session = reopen(record)
+    command = argv or p.profile.command
+    launch_agent(session, command)
+    audit.record("agent.launch", session=record.id, argv=command)
+    if detach:
+        return record, 0
+    code = session.attach()
+    if not agent_running(session):
+        down(record.id)
+    return SessionStore().get(record.id), code
+
+
+def attach(session_id: str | None) -> int:
+    """`posture attach`: connect the terminal to a session's agent."""
+    record = live_record(session_id)
+    session = reopen(record)
+    code = session.attach()
+    if not agent_running(session):
+        down(record.id)
+    return code
+
+
+def down(session_id: str) -> SessionRecord:
+    """Stop a session: ask its keeper, or stop it directly when it has none."""
+    store = SessionStore()
+    record = store.get(session_id)
+    if record.keeper_pid and pid_alive(record.keeper_pid):
+        os.kill(record.keeper_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while pid_alive(record.keeper_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(record.keeper_pid):
+            os.kill(record.keeper_pid, signal.SIGKILL)
+    record = store.get(session_id)
+    if record.status in (*LIVE, DEAD, FAILED):
+        try:
+            reopen(record).stop()
+        finally:
+            record = store.update(session_id, status=STOPPED)
+            audit.record("session.stop", session=session_id, status=STOPPED)
+    return record
+
+
+def down_all() -> list[SessionRecord]:
+    """Stop every live session."""
+    return [down(r.id) for r in SessionStore().all() if r.status in (*LIVE, DEAD)]
+
+
+def ensure_not_lower(current: str, target: str) -> None:
+    """Refuse (77) a move that is not strictly up the ladder."""
+    if levels.rank(target) <= levels.rank(current):
+        raise Refused(f"cannot move from {current} to {target}: posture only moves a task up", fix=f"choose one of: {', '.join(levels.above(current)) or 'none (already at the top)'}")
+
+
+__all__ = [
+    "Request", "Plan", "plan", "open_session", "reopen", "exec_fresh", "exec_in", "up", "attach", "down",
+    "down_all", "keeper_main", "live_record", "refresh", "STARTING",
+]
