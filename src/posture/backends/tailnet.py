@@ -1,23 +1,398 @@
-"""L4 backend (tailnet). Under construction: reports itself unavailable until it is built."""
+"""L4 backend: the session runs on a remote host of the user's tailnet.
+
+Discovery with `tailscale status --json` (l4/tailscale.py), pinned agent-less SSH with
+paramiko (l4/ssh.py, l4/hostkeys.py), code out as a git checkpoint and work back as
+review refs (l4/sync.py over l4/relay.py), the agent in a per-session tmux server on the
+host (`tmux -L posture-<session>`), and `posture l4 enroll` / `posture pull` commands.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import checkpoint, envpolicy, gitutil
+from ..errors import InternalError, PostureError, Unavailable, UsageError
 from ..hookspecs import hookimpl
-from ..session import Availability, Backend
+from ..session import Availability, Backend, Check, Session, SessionRecord
+
+TMUX_WINDOW = "agent"
+# Local values that mean nothing on the host; posture sets the host's own instead.
+HOST_SPECIFIC = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "TMPDIR", "PWD", "OLDPWD", "MAIL")
+
+
+@dataclass
+class PullResult:
+    """What `posture pull` fetched."""
+
+    session: str
+    ref: str  # refs/posture/<session>/pull-N
+    commit: str
+    base: str  # the checkpoint commit the session started from
+    stat: str  # `git diff --stat base commit`
+    new: bool  # False when the host had nothing newer than the last pull
+
+
+def remote_env(view_env: dict[str, str], session: str, home: str, user: str) -> tuple[dict[str, str], list[str]]:
+    """The environment for commands on the host: the view's allowlisted, non-secret variables with
+    the host's own HOME/USER/PATH; and the names left out. Credentials never travel to L4."""
+    env: dict[str, str] = {}
+    dropped: list[str] = []
+    for name, value in view_env.items():
+        if name in HOST_SPECIFIC or name in envpolicy.NEVER_PASS:
+            continue
+        if envpolicy.secret_looking(name):
+            dropped.append(name)
+            continue
+        env[name] = value
+    env.update({
+        "HOME": home,
+        "USER": user,
+        "LOGNAME": user,
+        "SHELL": "/bin/sh",
+        "PATH": envpolicy.SANDBOX_PATH,
+        "POSTURE_LEVEL": "l4",
+        "POSTURE_SESSION": session,
+    })
+    return env, sorted(dropped)
+
+
+class TailnetSession(Session):
+    """A session whose work tree and agent live on the L4 host."""
+
+    def __init__(self, record: SessionRecord, view: Any, settings: Any) -> None:
+        super().__init__(record)
+        self.view = view
+        self.settings = settings
+        self._client = None
+
+    # ------------------------------------------------------------ connection
+
+    @property
+    def l4(self) -> dict[str, Any]:
+        from ..l4 import ssh
+
+        return ssh.settings_l4(self.settings)
+
+    @property
+    def tmux_socket(self) -> str:
+        """The per-session tmux server name on the (shared) host."""
+        return f"posture-{self.record.id}"
+
+    def client(self):
+        """The pinned SSH connection (opened once per process)."""
+        if self._client is None or not self._client.get_transport() or not self._client.get_transport().is_active():
+            from ..l4 import ssh, tailscale
+
+            host = str(ssh.require(self.l4, "host"))
+            peer = tailscale.find_peer(host)
+            self._client = ssh.connect(ssh.target_for(self.l4, peer.ip, peer.dns_name or host))
+            self.record.data.setdefault("peer", {"host": host, "ip": peer.ip, "name": peer.dns_name})
+        return self._client
+
+    def close(self) -> None:
+        """Close the SSH connection."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _data(self, key: str) -> Any:
+        value = self.record.data.get(key)
+        if value is None:
+            raise UsageError(f"session {self.record.id} was never synced to the L4 host", fix=f"`posture down --session {self.record.id}` and start a new one")
+        return value
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Sync the checkpoint to the host and check it out into this session's work tree there."""
+        from ..l4 import ssh, sync
+
+        project = Path(self.record.project)
+        layout = sync.Layout.from_config(self.l4.get("workdir"))
+        bare = layout.bare(gitutil.project_key(project))
+        worktree = layout.worktree(self.record.id)
+        ref = self.record.data.get("checkpoint_ref")
+        if ref:  # escalation: start from the checkpoint the lower session left
+            commit = sync.resolve(project, ref)
+            if commit is None:
+                raise UsageError(f"checkpoint {ref} does not exist in {project}", fix="see `posture status` for the session's checkpoints")
+        else:
+            ckpt = checkpoint.capture(project, self.record.id, f"posture: checkpoint sent to L4 for session {self.record.id}")
+            ref, commit = ckpt.ref, ckpt.commit
+        if ref not in self.record.checkpoints:
+            self.record.checkpoints.append(ref)
+        client = self.client()
+        self.record.data.update({"bare": bare, "checkpoint_ref": ref, "checkpoint_commit": commit, "tmux": self.tmux_socket})
+        sync.push(client, project, commit, ref, bare)
+        home, abs_worktree = sync.checkout(client, bare, worktree, commit)
+        user = str(ssh.require(self.l4, "user"))
+        view_env = dict(self.view.env.env) if self.view is not None else {}
+        env, dropped = remote_env(view_env, self.record.id, home, user)
+        self.record.data.update({"worktree": abs_worktree, "home": home, "env": env, "env_not_sent": dropped})
+
+    def _command(self, argv: list[str], tty: bool) -> str:
+        from ..l4 import ssh
+
+        env = dict(self._data("env"))
+        if tty:
+            env.setdefault("TERM", os.environ.get("TERM") or "xterm-256color")
+        return ssh.remote_command(self._localize(argv), env, self._data("worktree"))
+
+    def _localize(self, argv: list[str]) -> list[str]:
+        # The generic runner names one tmux server ("-L posture"); on a shared host each session gets its own.
+        if argv[:3] == ["tmux", "-L", "posture"]:
+            return ["tmux", "-L", self.tmux_socket, *argv[3:]]
+        return list(argv)
+
+    def exec(self, argv: list[str], tty: bool) -> int:
+        """Run `argv` in the session's work tree on the host; stdout and stderr stay apart without a tty."""
+        from ..l4 import ssh
+
+        return ssh.run_interactive(self.client(), self._command(argv, tty), tty)
+
+    def launch(self, argv: list[str]) -> None:
+        """Start the agent in this session's own tmux server on the host."""
+        from ..l4 import ssh
+
+        command = self._command(["tmux", "-L", self.tmux_socket, "new-session", "-d", "-s", TMUX_WINDOW, "-x", "200", "-y", "50", "--", *argv], tty=False)
+        code = ssh.run_interactive(self.client(), command, tty=False, forward_stdin=False)
+        if code != 0:
+            raise InternalError(f"could not start the agent on the L4 host (tmux exited {code})")
+
+    def agent_running(self) -> bool:
+        """True while the agent's tmux session exists on the host."""
+        from ..l4 import ssh
+
+        code, _, _ = ssh.run_script(self.client(), f"tmux -L {self.tmux_socket} has-session -t {TMUX_WINDOW} 2>/dev/null")
+        return code == 0
+
+    def attach(self) -> int:
+        """Attach this terminal to the agent's tmux session on the host (detach with C-b d)."""
+        return self.exec(["tmux", "-L", self.tmux_socket, "attach-session", "-t", TMUX_WINDOW], tty=True)
+
+    def stop(self) -> None:
+        """Keep the work in the host's bare repo (refs/posture/<id>/work), stop tmux, remove the work tree."""
+        from ..l4 import ssh, sync
+
+        if "worktree" not in self.record.data and "bare" not in self.record.data:
+            self.close()
+            return
+        try:
+            client = self.client()
+            if "worktree" in self.record.data:
+                try:
+                    sync.capture_remote(client, self.record.data["worktree"], self.work_ref, f"posture: work of session {self.record.id} at stop")
+                except PostureError:
+                    pass  # a broken work tree has nothing to keep; tear down anyway
+            ssh.run_script(client, f"tmux -L {self.tmux_socket} kill-server 2>/dev/null; true")
+            if "worktree" in self.record.data:
+                sync.remove_worktree(client, self.record.data["bare"], self.record.data["worktree"])
+        except PostureError as exc:
+            where = self.record.data.get("worktree", "?")
+            raise Unavailable(f"could not clean up session {self.record.id} on the L4 host: {exc.message}", fix=f"remove {where} and `tmux -L {self.tmux_socket} kill-server` on the host by hand") from None
+        finally:
+            self.close()
+
+    # ------------------------------------------------------------ work back
+
+    @property
+    def work_ref(self) -> str:
+        """The ref, in the host's bare repo, that holds the session's captured work."""
+        return f"refs/posture/{self.record.id}/work"
+
+    def pull(self) -> PullResult:
+        """Fetch the session's work into refs/posture/<id>/pull-N here; never merge or check out."""
+        from .. import audit
+        from ..l4 import sync
+
+        project = Path(self.record.project)
+        bare = self._data("bare")
+        base = self._data("checkpoint_commit")
+        client = self.client()
+        commit = None
+        if "worktree" in self.record.data:
+            commit = sync.capture_remote(client, self.record.data["worktree"], self.work_ref, f"posture: work of session {self.record.id}")
+        if commit is None:
+            commit = sync.remote_ref_exists(client, bare, self.work_ref)
+        if commit is None:
+            raise UsageError(f"session {self.record.id} left no work on the host", fix="its work tree was removed before anything was captured")
+        existing = sync.pull_refs(project, self.record.id)
+        if existing and sync.resolve(project, existing[-1]) == commit:
+            ref, new = existing[-1], False
+        else:
+            ref, new = f"refs/posture/{self.record.id}/pull-{len(existing) + 1}", True
+            got = sync.fetch(client, project, bare, self.work_ref, ref)
+            if got != commit:
+                raise InternalError(f"fetched {got} but the host captured {commit}")
+        stat = sync.diff_stat(project, base, commit)
+        audit.record("l4.pull", session=self.record.id, ref=ref, commit=commit, base=base)
+        return PullResult(self.record.id, ref, commit, base, stat, new)
+
+    def checkpoint(self) -> str:
+        """The session's work lives on the host: pull it into a local ref and return that ref."""
+        return self.pull().ref
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for `status`: the public record plus where the work tree is."""
+        facts = self.record.public()
+        facts["host"] = (self.record.data.get("peer") or {}).get("name")
+        facts["worktree"] = self.record.data.get("worktree")
+        return facts
 
 
 class TailnetBackend(Backend):
+    """L4: a remote host on the user's tailnet, reached by pinned SSH."""
+
     name = "tailnet"
     level = "l4"
+    description = "remote host over Tailscale (pinned SSH, git sync, tmux)"
 
-    def availability(self, settings) -> Availability:
-        return Availability(False, "the tailnet backend is not built yet", "use another level")
+    def _config(self, settings: Any) -> tuple[dict[str, Any], Availability | None]:
+        from ..l4 import ssh
 
-    def session(self, record, view, settings):
-        raise NotImplementedError
+        l4 = ssh.settings_l4(settings)
+        for key in ("host", "user", "identity"):
+            if not l4.get(key):
+                try:
+                    ssh.require(l4, key)
+                except UsageError as exc:
+                    return l4, Availability(False, exc.message, exc.fix or "")
+        identity = Path(str(l4["identity"])).expanduser()
+        if not identity.is_file():
+            return l4, Availability(False, f"[l4] identity {identity} does not exist", f"create it with `ssh-keygen -t ed25519 -N '' -f {identity}` and authorise its .pub on the host")
+        if importlib.util.find_spec("paramiko") is None:
+            return l4, Availability(False, "paramiko is not installed", "pip install 'posture[l4]'")
+        return l4, None
+
+    def availability(self, settings: Any) -> Availability:
+        """Configured, tailnet up, peer online and not expired, host key pinned (no connection is made)."""
+        from ..l4 import hostkeys, tailscale
+
+        l4, problem = self._config(settings)
+        if problem:
+            return problem
+        try:
+            peer = tailscale.find_peer(str(l4["host"]))
+        except Unavailable as exc:
+            return Availability(False, exc.message, exc.fix or "")
+        entry = hostkeys.host_entry(peer.ip, int(l4.get("port") or 22))
+        if not hostkeys.read_pins(entry):
+            return Availability(False, f"no host key is pinned for {peer.dns_name or l4['host']} ({entry})", "run `posture l4 enroll`")
+        return Availability(True)
+
+    def doctor(self, settings: Any) -> list[Check]:
+        """Tailscale CLI, peer online, host key pinned, SSH login, git and tmux on the host."""
+        from ..l4 import hostkeys, ssh, tailscale
+
+        checks: list[Check] = []
+        l4, problem = self._config(settings)
+        if problem:
+            return [Check("config", False, problem.reason, problem.fix)]
+        checks.append(Check("config", True, f"[l4] host={l4['host']} user={l4['user']} port={l4.get('port') or 22}"))
+        exe = shutil.which("tailscale")
+        checks.append(Check("tailscale CLI", bool(exe), exe or "not on PATH", "install Tailscale and run `tailscale up`"))
+        if not exe:
+            return checks
+        try:
+            peer = tailscale.find_peer(str(l4["host"]))
+        except Unavailable as exc:
+            checks.append(Check("peer", False, exc.message, exc.fix or ""))
+            return checks
+        checks.append(Check("peer", True, f"{peer.dns_name or peer.host_name} {peer.ip} online"))
+        entry = hostkeys.host_entry(peer.ip, int(l4.get("port") or 22))
+        pins = hostkeys.read_pins(entry)
+        checks.append(Check("host key pinned", bool(pins), ", ".join(k.fingerprint() for k in pins) or f"nothing pinned for {entry}", "run `posture l4 enroll`"))
+        if not pins:
+            return checks
+        try:
+            client = ssh.connect(ssh.target_for(l4, peer.ip, peer.dns_name or str(l4["host"])))
+        except PostureError as exc:
+            checks.append(Check("ssh login", False, exc.message, exc.fix or ""))
+            return checks
+        try:
+            checks.append(Check("ssh login", True, f"{l4['user']}@{peer.ip}:{l4.get('port') or 22}"))
+            for tool, package in (("git", "git"), ("tmux", "tmux")):
+                code, out, _ = ssh.run_script(client, f"command -v {tool}")
+                checks.append(Check(f"{tool} on host", code == 0, out.strip() or "not found", f"install {package} on the host (apt-get install {package})"))
+        finally:
+            client.close()
+        return checks
+
+    def session(self, record: SessionRecord, view: Any, settings: Any) -> Session:
+        """A TailnetSession for `record`."""
+        return TailnetSession(record, view, settings)
+
+
+def pull_session(session_id: str | None, project: Path | None = None) -> PullResult:
+    """`posture pull`: the named session, or the newest L4 session of the project."""
+    from .. import runner
+    from ..session import SessionStore
+
+    store = SessionStore()
+    if session_id:
+        record = store.get(session_id)
+    else:
+        proj = str(gitutil.resolve_project(project))
+        mine = [r for r in store.all() if r.backend == TailnetBackend.name and r.project == proj and r.data.get("bare")]
+        if not mine:
+            raise UsageError(f"no L4 session of {proj}", fix="name one with --session (see `posture status`)")
+        record = mine[-1]
+    if record.backend != TailnetBackend.name:
+        raise UsageError(f"session {record.id} ran at {record.level} ({record.backend}): its work is already here", fix="`posture pull` is for L4 sessions")
+    session = runner.reopen(record)
+    assert isinstance(session, TailnetSession)
+    try:
+        return session.pull()
+    finally:
+        session.close()
 
 
 @hookimpl
 def posture_backends() -> list[Backend]:
     """The L4 backend."""
     return [TailnetBackend()]
+
+
+@hookimpl
+def posture_commands(app) -> None:
+    """`posture l4 enroll [--yes]`, and `posture pull` unless the core already has one."""
+    import typer
+
+    l4_app = typer.Typer(help="The L4 host: pin its SSH host key.", no_args_is_help=True)
+
+    @l4_app.command("enroll")
+    def enroll_cmd(yes: bool = typer.Option(False, "--yes", help="Accept the presented host key without asking (for scripts).")) -> int:
+        """Pin the L4 host's SSH host key (from the tailnet, or confirmed by its fingerprint)."""
+        from .. import audit
+        from ..config import load_settings
+        from ..l4 import enroll
+
+        confirm = (lambda q: typer.confirm(q, default=False)) if sys.stdin.isatty() else None
+        result = enroll.enroll(load_settings(Path.cwd()), yes, confirm, say=lambda line: print(line, file=sys.stderr))
+        audit.record("l4.enroll", entry=result.entry, source=result.source, keys=[k.fingerprint() for k in result.keys],
+                     replaced=[k.fingerprint() for k in result.replaced], login=result.login)
+        return 0
+
+    app.add_typer(l4_app, name="l4")
+
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    if "pull" in names:
+        return
+
+    @app.command("pull")
+    def pull_cmd(
+        path: Path = typer.Argument(None, help="Project directory (default: the current one).", show_default=False),
+        session: str = typer.Option(None, "--session", help="Session id (default: the project's newest L4 session)."),
+    ) -> int:
+        """Fetch an L4 session's work into refs/posture/<session>/pull-N and show what changed (never merges)."""
+        result = pull_session(session, path)
+        print(result.stat or "(no changes)")
+        note = "" if result.new else " (nothing new since the last pull)"
+        print(f"posture: {result.ref} = {result.commit[:12]}{note}; review with `git diff {result.base[:12]} {result.ref}`", file=sys.stderr)
+        return 0
