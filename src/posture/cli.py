@@ -159,6 +159,50 @@ def down(
     return 0
 
 
+@app.command()
+def escalate(
+    session: Optional[str] = typer.Option(None, "--session", help="Session id (default: the only running one)."),
+    to: Optional[str] = typer.Option(None, "--to", help="l3 or l4 (default: what the rules now give, at least one rung up)."),
+    reason: str = typer.Option("", "--reason", help="Why, for the audit log."),
+    abort: bool = typer.Option(False, "--abort", help="Roll back an escalation that stopped half-way (thaws the lower session)."),
+) -> int:
+    """Move a running session up the ladder (never down): checkpoint, freeze, start higher, stop lower."""
+    from . import escalate as esc
+
+    if abort:
+        if not session:
+            raise UsageError("--abort needs --session", fix="see `posture status` for the session whose escalation stopped")
+        record = esc.abort(session)
+        _err(f"posture: {record.note}")
+        return 0
+    child = esc.escalate(session, to, reason)
+    _out(child.id)
+    _err(f"posture: {child.parent} escalated to {child.id} at {child.level} ({child.backend}); `posture attach --session {child.id}`")
+    return 0
+
+
+@app.command()
+def pull(session: Optional[str] = typer.Option(None, "--session", help="Session id (default: the only running one).")) -> int:
+    """Fetch a remote session's work into refs/posture/<session>/... for review (never merged)."""
+    from . import runner
+
+    record = runner.live_record(session) if not session else runner.SessionStore().get(session)
+    handle = runner.reopen(record)
+    fetch = getattr(handle, "pull", None)
+    if not callable(fetch):
+        raise UsageError(f"session {record.id} is {record.level}: its work is already in the project directory", fix="`posture pull` is for l4 sessions")
+    result = fetch()
+    ref, stat = getattr(result, "ref", None), getattr(result, "stat", "")
+    if ref:
+        _out(ref)
+        if stat:
+            _out(stat.rstrip())
+        if getattr(result, "new", True) is False:
+            _err("posture: nothing new on the host since the last pull")
+        _err(f"posture: review with `git diff {getattr(result, 'base', '')} {ref}`; nothing was merged or checked out")
+    return 0
+
+
 @app.command("_keeper", hidden=True)
 def keeper(session_id: str, ready_fd: Optional[int] = typer.Option(None, "--ready-fd")) -> int:
     """Internal: hold a detached session open."""

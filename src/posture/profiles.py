@@ -14,6 +14,7 @@ BUILTIN_DIR = Path(__file__).parent / "profiles"
 _SCHEMA: config.Schema = {
     "description": config._str,
     "command": config._list_of(config._str, "strings"),
+    "resume": config._list_of(config._str, "strings"),
     "state": {"dirs": config._list_of(config._repo_path, "home-relative paths"), "files": config._list_of(config._repo_path, "home-relative paths")},
     "credentials": {"files": config._list_of(config._repo_path, "home-relative paths")},
     "env": {"pass": config._ENV_PATTERNS, "secrets": config._ENV_LIST},
@@ -28,6 +29,7 @@ class Profile:
     name: str
     description: str
     command: list[str]
+    resume: list[str] = field(default_factory=list)  # continues the last conversation (after an escalation)
     state_dirs: list[str] = field(default_factory=list)
     state_files: list[str] = field(default_factory=list)
     credential_files: list[str] = field(default_factory=list)
@@ -70,6 +72,7 @@ def _from_dict(name: str, d: dict[str, Any]) -> Profile:
         name=name,
         description=d.get("description", name),
         command=list(d["command"]),
+        resume=list(d.get("resume") or d["command"]),
         state_dirs=list(d.get("state", {}).get("dirs", [])),
         state_files=list(d.get("state", {}).get("files", [])),
         credential_files=list(d.get("credentials", {}).get("files", [])),

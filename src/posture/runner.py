@@ -315,6 +315,8 @@ def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecor
     session = reopen(record)
     command = argv or p.profile.command
     launch_agent(session, command)
+    record.data["agent_argv"] = command
+    SessionStore().update(record.id, data=record.data)
     audit.record("agent.launch", session=record.id, argv=command)
     if detach:
         return record, 0
