@@ -102,3 +102,15 @@ def test_builtins_register_through_entry_points() -> None:
     registered = {pm.get_name(p) for p in pm.get_plugins()}
     assert {"bwrap", "libvirt", "tailnet", "rules"} <= registered
     assert {b.level for b in plugins.backends()} == {"l2", "l3", "l4"}
+
+
+def test_shell_completion(user: User) -> None:
+    env = {**user.env, "_POSTURE_COMPLETE": "complete_bash", "COMP_WORDS": "posture ex", "COMP_CWORD": "1"}
+    import subprocess
+
+    from conftest import posture_bin
+
+    proc = subprocess.run([posture_bin()], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and set(proc.stdout.split()) == {"exec", "explain"}
+    env.update(COMP_WORDS="posture escalate --t", COMP_CWORD="2")
+    assert subprocess.run([posture_bin()], env=env, capture_output=True, text=True).stdout.split() == ["--to"]
