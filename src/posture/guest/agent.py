@@ -88,6 +88,13 @@ class Agent:
         self.listener = sock
         self.sel.register(sock, selectors.EVENT_READ, ("accept", None))
 
+    def listen_fd(self, fd: int) -> None:
+        """Serve a listening socket the host bound and handed over (the sandbox never sees its path)."""
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        self.listener = sock
+        self.sel.register(sock, selectors.EVENT_READ, ("accept", None))
+
     def add_conn(self, rfd: int, wfd: int, closeable: bool) -> Conn:
         conn = Conn(rfd, wfd, closeable)
         self.sel.register(rfd, selectors.EVENT_READ, ("conn", conn))
@@ -331,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve exec requests until killed."""
     parser = argparse.ArgumentParser(prog="posture-agent")
     parser.add_argument("--listen", help="unix socket path to serve")
+    parser.add_argument("--listen-fd", type=int, help="an inherited, already listening unix socket to serve")
     parser.add_argument("--device", help="character device (virtio-serial port) to serve")
     parser.add_argument("--ready-fd", type=int, help="write one byte here once serving")
     args = parser.parse_args(argv)
@@ -338,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent()
     if args.listen:
         agent.listen(args.listen)
+    if args.listen_fd is not None:
+        agent.listen_fd(args.listen_fd)
     if args.device:
         fd = os.open(args.device, os.O_RDWR | os.O_NOCTTY)
         agent.add_conn(fd, fd, False)

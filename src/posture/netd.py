@@ -1,0 +1,622 @@
+"""`posture netd`: the root network helper for L2, and its client.
+
+The helper owns one long-lived cgroup (`<base>/net`) and, at its own start, loads an
+nftables table in its network namespace that refuses every blocked destination to
+sockets of that cgroup (so the rule always carries the cgroup's current id). On request
+from a user, checked with SO_PEERCRED against the owner of the target sandbox process
+and of its user namespace, it
+
+  * moves the sandbox's first process into a per-session cgroup `<base>/box/<key>`
+    (whose cgroup.freeze and cgroup.kill the user may write: freeze, thaw, stop),
+  * starts slirp4netns for the sandbox's network namespace from `<base>/net/<key>`,
+    in a private mount namespace, joined to the sandbox's user namespace (so it keeps
+    no capability outside it), with per-session extra blocks in the `sessions` chain,
+  * waits for slirp4netns to be ready, and answers.
+
+Before each attach it verifies the rule against the cgroup's id now and refuses when
+they differ: fail closed. When the sandbox's first process exits (or on `release`)
+it stops slirp4netns, kills what is left in the session's cgroups and removes them.
+
+Protocol: one JSON object per line each way over a unix socket (mode 0666).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SOCKET = "/run/posture/netd.sock"
+DEFAULT_BASE = "posture"
+DEFAULT_TABLE = "posture"
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NS_GET_USERNS = 0xB701
+NS_GET_OWNER_UID = 0xB704
+UNIT_PATH = Path("/etc/systemd/system/posture-netd.service")
+PROTOCOL = 1
+
+
+# ====================================================================== client
+
+class NetdError(Exception):
+    """The helper answered with an error (`code`: unverified, denied, failed, busy)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def socket_path(settings: Any = None) -> str:
+    """Where the helper listens: user config `[l2] netd_socket`, env POSTURE_NETD_SOCKET, or the default."""
+    configured = None
+    if settings is not None:
+        configured = (getattr(settings, "backend", {}) or {}).get("l2", {}).get("netd_socket")
+    return configured or os.environ.get("POSTURE_NETD_SOCKET") or DEFAULT_SOCKET
+
+
+def request(path: str, obj: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+    """Send one request, return the answer; raise OSError if unreachable, NetdError on refusal."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(obj).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        sock.close()
+    if not buf:
+        raise OSError(errno.ECONNRESET, "the network helper closed the connection")
+    answer = json.loads(buf)
+    if not answer.get("ok"):
+        raise NetdError(answer.get("code", "failed"), answer.get("error", "the network helper refused"))
+    return answer
+
+
+# ====================================================================== server
+
+def _log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Attached:
+    """One sandbox the helper gave a network to."""
+
+    key: str
+    uid: int
+    pid: int
+    pidfd: int
+    box: str
+    net: str
+    slirp: subprocess.Popen | None = None
+    exit_w: int = -1
+    ruled: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _resolvers(path: str = "/etc/resolv.conf") -> list[str]:
+    out = []
+    try:
+        for line in Path(path).read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                try:
+                    out.append(str(ipaddress.ip_address(parts[1].split("%")[0])))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return out
+
+
+def _status_uids(pid: int) -> list[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(x) for x in line.split()[1:]]
+    raise ProcessLookupError(pid)
+
+
+def _private_cgroup_mount() -> None:
+    """Under `ip netns exec` /sys is a fresh sysfs without cgroups: mount cgroup2 in a private mount ns."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if libc.mount(None, b"/", None, 0x4000 | 0x40000, None) != 0:  # MS_REC | MS_PRIVATE
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+    os.makedirs("/sys/fs/cgroup", exist_ok=True)
+    if libc.mount(b"cgroup2", b"/sys/fs/cgroup", b"cgroup2", 0, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount -t cgroup2 none /sys/fs/cgroup")
+
+
+class Daemon:
+    """The helper's state: its cgroups, its table and the attached sandboxes."""
+
+    def __init__(self, sock_path: str, base: str | None, table: str, ipv6: bool) -> None:
+        from . import cgroups, netpolicy
+
+        self.cg = cgroups
+        self.sock_path = sock_path
+        self.table = table
+        self.ipv6 = ipv6
+        mount = cgroups.v2_mount()
+        if mount is None:
+            _private_cgroup_mount()
+            mount = cgroups.require_v2()
+        self.mount = mount
+        self.base = (base or self._default_base()).strip("/")
+        self.net = f"{self.base}/net"
+        self.boxes = f"{self.base}/box"
+        self.blocked = netpolicy.NetworkPolicy().all_blocked()
+        self.sessions: dict[str, Attached] = {}
+        self.lock = threading.Lock()
+        self.nft_lock = threading.Lock()
+        self.netns = os.stat("/proc/self/ns/net").st_ino
+        self.stopping = False
+
+    def _default_base(self) -> str:
+        own = self.cg.own() or "/"
+        if os.environ.get("INVOCATION_ID") and own.endswith(".service"):
+            # Started by systemd with Delegate=yes: work inside our own delegated cgroup.
+            base = own.strip("/")
+            self.cg.create(f"{base}/daemon", self.mount)
+            self.cg.move(os.getpid(), f"{base}/daemon", self.mount)
+            return base
+        return DEFAULT_BASE
+
+    # -------------------------------------------------------------- rule
+    def load_rule(self) -> None:
+        from . import nft
+
+        self.cg.create(self.net, self.mount)
+        self.cg.create(self.boxes, self.mount)
+        text = nft.ruleset(self.table, self.cg.nft_path(self.net, self.mount), self.cg.level(self.net), self.blocked, _resolvers())
+        with self.nft_lock:
+            nft.load(text)
+        _log(f"loaded table inet {self.table} for cgroup {self.net} (id {self.cg.cgroup_id(self.net, self.mount)}, level {self.cg.level(self.net)})")
+
+    def verify(self) -> tuple[bool, str, int | None]:
+        from . import nft
+
+        current = self.cg.cgroup_id(self.net, self.mount)
+        with self.nft_lock:
+            verdict = nft.verify(self.table, current, self.blocked)
+        return verdict.ok, verdict.detail, current
+
+    # -------------------------------------------------------------- requests
+    def handle(self, conn: socket.socket) -> None:
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _peer_pid, uid, _gid = struct.unpack("3i", creds)
+            conn.settimeout(30)
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                if len(buf) > 1 << 16:
+                    raise ValueError("request too large")
+            req = json.loads(buf)
+            op = req.get("op")
+            if op == "status":
+                answer = self.op_status()
+            elif op == "attach":
+                answer = self.op_attach(uid, req)
+            elif op == "release":
+                answer = self.op_release(uid, req)
+            else:
+                answer = {"ok": False, "code": "failed", "error": f"unknown op {op!r}"}
+        except NetdError as exc:
+            answer = {"ok": False, "code": exc.code, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
+            _log(f"request failed: {exc!r}")
+            answer = {"ok": False, "code": "failed", "error": f"network helper: {exc}"}
+        try:
+            conn.sendall(json.dumps(answer).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def op_status(self) -> dict[str, Any]:
+        ok, detail, current = self.verify()
+        return {
+            "ok": True,
+            "protocol": PROTOCOL,
+            "verified": ok,
+            "detail": detail,
+            "cgroup": self.net,
+            "cgroup_dir": str(self.cg.path_of(self.net, self.mount)),
+            "cgroup_id": current,
+            "table": self.table,
+            "netns": self.netns,
+            "pid": os.getpid(),
+            "sessions": len(self.sessions),
+            "blocked": self.blocked,
+        }
+
+    def _check_target(self, uid: int, pid: int) -> int:
+        """Open a pidfd for `pid` after checking that `uid` owns it and its namespaces."""
+        pidfd = os.pidfd_open(pid)
+        try:
+            uids = _status_uids(pid)
+            if uid != 0 and any(u != uid for u in uids):
+                raise NetdError("denied", f"process {pid} does not belong to uid {uid}")
+            netfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if os.fstat(netfd).st_ino == self.netns:
+                    raise NetdError("denied", f"process {pid} shares the helper's network namespace")
+                usernsfd = fcntl.ioctl(netfd, NS_GET_USERNS)
+                try:
+                    owner = struct.unpack("I", fcntl.ioctl(usernsfd, NS_GET_OWNER_UID, b"\0" * 4))[0]
+                finally:
+                    os.close(usernsfd)
+            finally:
+                os.close(netfd)
+            if owner != uid:
+                raise NetdError("denied", f"the network namespace of {pid} is not owned by uid {uid}")
+            # The pid could have been reused between pidfd_open and the checks: make sure it still is ours.
+            os.stat(f"/proc/{pid}")
+            signal.pidfd_send_signal(pidfd, 0)
+        except BaseException:
+            os.close(pidfd)
+            raise
+        return pidfd
+
+    def op_attach(self, uid: int, req: dict[str, Any]) -> dict[str, Any]:
+        from . import nft
+
+        started = time.monotonic()
+        sid = str(req.get("session", ""))
+        if not SESSION_ID.match(sid):
+            raise NetdError("failed", f"invalid session id {sid!r}")
+        pid = int(req["pid"])
+        extra = [str(ipaddress.ip_network(c, strict=False)) for c in req.get("block", [])]
+        ipv6 = bool(req.get("ipv6", self.ipv6))
+        ok, detail, _ = self.verify()
+        if not ok:
+            raise NetdError("unverified", f"network policy not in force: {detail}")
+        key = f"u{uid}-{sid}"
+        pidfd = self._check_target(uid, pid)
+        with self.lock:
+            if key in self.sessions or self.stopping:
+                os.close(pidfd)
+                raise NetdError("busy", f"session {sid} already has a network")
+            att = Attached(key=key, uid=uid, pid=pid, pidfd=pidfd, box=f"{self.boxes}/{key}", net=f"{self.net}/{key}")
+            self.sessions[key] = att
+        try:
+            box_dir = self.cg.create(att.box, self.mount)
+            for name in ("cgroup.freeze", "cgroup.kill"):
+                try:
+                    os.chown(box_dir / name, uid, -1)
+                except FileNotFoundError:
+                    pass
+            for p in [pid, *_descendants(pid)]:
+                self.cg.move(p, att.box, self.mount)
+            self.cg.create(att.net, self.mount)
+            if extra:
+                with self.nft_lock:
+                    nft.add_session_rules(self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key)
+                att.ruled = True
+            self._start_slirp(att, ipv6)
+        except BaseException as exc:
+            self.cleanup(att)
+            if isinstance(exc, NetdError):
+                raise
+            raise NetdError("failed", f"could not attach the network: {exc}") from exc
+        threading.Thread(target=self._watch, args=(att,), daemon=True).start()
+        _log(f"attached {key} pid {pid} slirp {att.slirp.pid if att.slirp else '-'} in {1000 * (time.monotonic() - started):.0f} ms")
+        return {"ok": True, "box": att.box, "box_dir": str(box_dir), "net": att.net, "slirp_pid": att.slirp.pid if att.slirp else None}
+
+    def _start_slirp(self, att: Attached, ipv6: bool) -> None:
+        netfd = os.open(f"/proc/{att.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            usernsfd = fcntl.ioctl(netfd, NS_GET_USERNS)
+        finally:
+            os.close(netfd)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+        procs = self.cg.path_of(att.net, self.mount) / "cgroup.procs"
+        argv = [
+            "/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs),
+            "unshare", "-m", "--propagation", "private",
+            "slirp4netns", "--configure", "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
+            *(["--enable-ipv6"] if ipv6 else []),
+            f"--userns-path=/proc/self/fd/{usernsfd}", "-r", str(ready_w), "-e", str(exit_r),
+            str(att.pid), "tap0",
+        ]
+        try:
+            att.slirp = subprocess.Popen(
+                argv, pass_fds=(usernsfd, ready_w, exit_r), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+        finally:
+            os.close(usernsfd)
+            os.close(ready_w)
+            os.close(exit_r)
+        att.exit_w = exit_w
+        try:
+            readable, _, _ = select.select([ready_r], [], [], 10)
+            got = os.read(ready_r, 1) if readable else b""
+        finally:
+            os.close(ready_r)
+        if got != b"1":
+            err = ""
+            if att.slirp.poll() is not None and att.slirp.stderr is not None:
+                err = att.slirp.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise NetdError("failed", f"slirp4netns did not become ready: {err or 'timeout'}")
+        # Drain slirp's chatter so it never blocks on a full pipe.
+        threading.Thread(target=_drain, args=(att.slirp.stderr,), daemon=True).start()
+        if ipv6:
+            # Configure the v6 address now rather than waiting for slirp's router advertisement.
+            ns = f"--net=/proc/{att.pid}/ns/net"
+            subprocess.run(["nsenter", ns, "ip", "-6", "addr", "add", "fd00::100/64", "dev", "tap0", "nodad"], capture_output=True)
+            subprocess.run(["nsenter", ns, "ip", "-6", "route", "replace", "default", "via", "fd00::2", "dev", "tap0"], capture_output=True)
+
+    def _watch(self, att: Attached) -> None:
+        try:
+            while not att.done.is_set():
+                readable, _, _ = select.select([att.pidfd], [], [], 1.0)
+                if readable:
+                    break
+                if att.slirp is not None and att.slirp.poll() is not None:
+                    _log(f"slirp4netns of {att.key} exited ({att.slirp.returncode}); stopping its sandbox")
+                    break
+        except (OSError, ValueError):
+            pass
+        self.cleanup(att)
+
+    def op_release(self, uid: int, req: dict[str, Any]) -> dict[str, Any]:
+        sid = str(req.get("session", ""))
+        key = f"u{uid}-{sid}"
+        with self.lock:
+            att = self.sessions.get(key)
+        if att is not None:
+            self.cleanup(att)
+        return {"ok": True, "released": att is not None}
+
+    def cleanup(self, att: Attached) -> None:
+        """Stop slirp4netns, kill what is left of the session, remove its cgroups and rules."""
+        from . import nft
+
+        with self.lock:
+            if att.done.is_set():
+                return
+            att.done.set()
+        if att.exit_w >= 0:
+            os.close(att.exit_w)
+            att.exit_w = -1
+        if att.slirp is not None:
+            try:
+                att.slirp.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                att.slirp.kill()
+                att.slirp.wait()
+        for rel in (att.box, att.net):
+            try:
+                self.cg.remove(rel, self.mount)
+            except OSError as exc:
+                _log(f"could not remove cgroup {rel}: {exc}")
+        if att.ruled:
+            with self.nft_lock:
+                nft.remove_session_rules(self.table, att.key)
+        try:
+            os.close(att.pidfd)
+        except OSError:
+            pass
+        with self.lock:
+            self.sessions.pop(att.key, None)
+        _log(f"released {att.key}")
+
+    # -------------------------------------------------------------- lifecycle
+    def serve(self, pidfile: str | None = None) -> None:
+        self.load_rule()
+        path = Path(self.sock_path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener.bind(str(path))
+        os.chmod(path, 0o666)
+        listener.listen(64)
+        if pidfile:
+            Path(pidfile).write_text(f"{os.getpid()}\n")
+        stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
+        signal.signal(signal.SIGTERM, lambda *_: os.write(stop_w, b"x"))
+        signal.signal(signal.SIGINT, lambda *_: os.write(stop_w, b"x"))
+        _log(f"listening on {path} (netns {self.netns}, cgroup {self.cg.path_of(self.net, self.mount)})")
+        try:
+            while True:
+                readable, _, _ = select.select([listener, stop_r], [], [])
+                if stop_r in readable:
+                    break
+                conn, _ = listener.accept()
+                threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+        finally:
+            self.shutdown(listener, path, pidfile)
+
+    def shutdown(self, listener: socket.socket, path: Path, pidfile: str | None) -> None:
+        from . import nft
+
+        self.stopping = True
+        listener.close()
+        try:
+            if os.stat(path).st_ino:
+                path.unlink()
+        except OSError:
+            pass
+        for att in list(self.sessions.values()):
+            self.cleanup(att)
+        try:
+            nft.remove_table(self.table)
+        except nft.NftError as exc:
+            _log(str(exc))
+        for rel in (self.boxes, self.net, self.base):
+            try:
+                os.rmdir(self.cg.path_of(rel, self.mount))
+            except OSError:
+                pass
+        if pidfile:
+            Path(pidfile).unlink(missing_ok=True)
+        _log("stopped")
+
+
+def _drain(stream: Any) -> None:
+    try:
+        while stream.read(4096):
+            pass
+    except (OSError, ValueError):
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                kids = [int(x) for x in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+                out += kids
+                todo += kids
+        except OSError:
+            continue
+    return out
+
+
+def serve(sock_path: str = DEFAULT_SOCKET, base: str | None = None, table: str = DEFAULT_TABLE, ipv6: bool = True, pidfile: str | None = None) -> None:
+    """Run the helper in the foreground until SIGTERM (root)."""
+    if os.geteuid() != 0:
+        raise PermissionError("posture netd must run as root (it loads nftables rules and starts slirp4netns)")
+    Daemon(sock_path, base, table, ipv6).serve(pidfile)
+
+
+# ====================================================================== setup / teardown
+
+def _status(path: str) -> dict[str, Any] | None:
+    try:
+        return request(path, {"op": "status"}, timeout=5)
+    except (OSError, ValueError, NetdError):
+        return None
+
+
+def _systemd() -> bool:
+    return Path("/run/systemd/system").is_dir()
+
+
+def _unit(sock_path: str) -> str:
+    return (
+        "[Unit]\nDescription=posture network helper (L2 sandbox networking)\nAfter=network.target\n\n"
+        "[Service]\n"
+        f"ExecStart={sys.executable} -m posture.netd --socket {sock_path}\n"
+        "Delegate=yes\nRestart=on-failure\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+def start(sock_path: str, base: str | None = None, table: str = DEFAULT_TABLE, timeout: float = 10.0) -> list[str]:
+    """Make sure a verified helper serves `sock_path` (idempotent); return what was done."""
+    done: list[str] = []
+    current = _status(sock_path)
+    if current and current.get("verified"):
+        return [f"network helper already running (pid {current['pid']}, {current['detail']})"]
+    if current:
+        done += stop(sock_path)
+        done.append(f"restarted the network helper: {current.get('detail')}")
+    if _systemd():
+        UNIT_PATH.write_text(_unit(sock_path))
+        subprocess.run(["systemctl", "daemon-reload"], check=True)
+        subprocess.run(["systemctl", "enable", "--now", UNIT_PATH.name], check=True)
+        subprocess.run(["systemctl", "restart", UNIT_PATH.name], check=True)
+        done.append(f"installed and started {UNIT_PATH}")
+    else:
+        rundir = Path(sock_path).parent
+        rundir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        log = open(rundir / "netd.log", "ab")
+        argv = [sys.executable, "-m", "posture.netd", "--socket", sock_path, "--table", table, "--pidfile", str(rundir / "netd.pid")]
+        if base:
+            argv += ["--cgroup", base]
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
+        log.close()
+        done.append(f"started the network helper as a daemon (log {rundir / 'netd.log'})")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = _status(sock_path)
+        if current and current.get("verified"):
+            done.append(f"network helper on {sock_path}: {current['detail']}")
+            return done
+        time.sleep(0.05)
+    raise RuntimeError(f"the network helper did not come up on {sock_path} (see {Path(sock_path).parent / 'netd.log'})")
+
+
+def stop(sock_path: str, timeout: float = 10.0) -> list[str]:
+    """Stop the helper serving `sock_path` and remove the systemd unit if posture installed one."""
+    done: list[str] = []
+    if _systemd() and UNIT_PATH.exists():
+        subprocess.run(["systemctl", "disable", "--now", UNIT_PATH.name], check=False)
+        UNIT_PATH.unlink()
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+        done.append(f"removed {UNIT_PATH}")
+    current = _status(sock_path)
+    if current:
+        pid = int(current["pid"])
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.02)
+        done.append(f"stopped the network helper (pid {pid})")
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m posture.netd`."""
+    parser = argparse.ArgumentParser(prog="posture netd", description="posture's root network helper for L2")
+    parser.add_argument("--socket", default=DEFAULT_SOCKET)
+    parser.add_argument("--cgroup", default=None, help="cgroup (relative to the v2 root) the helper owns")
+    parser.add_argument("--table", default=DEFAULT_TABLE)
+    parser.add_argument("--no-ipv6", action="store_true")
+    parser.add_argument("--pidfile", default=None)
+    args = parser.parse_args(argv)
+    try:
+        serve(args.socket, args.cgroup, args.table, not args.no_ipv6, args.pidfile)
+    except (PermissionError, RuntimeError) as exc:
+        print(f"posture netd: {exc}", file=sys.stderr)
+        return 77 if isinstance(exc, PermissionError) else 69
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

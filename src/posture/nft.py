@@ -1,0 +1,188 @@
+"""The nftables side of L2's network policy: ruleset text, load, verify, per-session rules.
+
+One table (`inet posture` by default) in the network helper's network namespace:
+every socket made from the helper's cgroup (slirp4netns of every session lives there)
+is refused every blocked destination. `socket cgroupv2` stores the cgroup's numeric
+id when the rule is loaded, so `verify` reads the ids back from the kernel
+(`nft --debug=netlink`) and compares them with the cgroup's id now: a deleted and
+re-created cgroup, or an unloaded rule, fails verification (and posture refuses).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import subprocess
+from dataclasses import dataclass
+
+NFT = "nft"
+
+
+class NftError(RuntimeError):
+    """nft refused a command; the message is its stderr."""
+
+
+def run(args: list[str], text: str | None = None) -> str:
+    """Run `nft ARGS` (feeding `text` as a ruleset file on stdin); return stdout."""
+    argv = [NFT, *args] if text is None else [NFT, *args, "-f", "-"]
+    proc = subprocess.run(argv, input=text, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NftError(f"nft {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def _elements(nets: list[str]) -> str:
+    return ", ".join(nets)
+
+
+def _split(nets: list[str]) -> tuple[list[str], list[str]]:
+    v4 = [n for n in nets if ipaddress.ip_network(n, strict=False).version == 4]
+    v6 = [n for n in nets if ipaddress.ip_network(n, strict=False).version == 6]
+    return v4, v6
+
+
+def ruleset(table: str, cgroup_path: str, level: int, blocked: list[str], dns: list[str]) -> str:
+    """The table text: sockets of cgroup `cgroup_path` (nft path, at `level`) may not reach `blocked`.
+
+    `dns` are the resolvers of the helper's network namespace: port 53 to them stays open
+    (slirp4netns forwards the sandbox's DNS there) even when they sit in a blocked range.
+    """
+    v4, v6 = _split(blocked)
+    d4, d6 = _split([f"{a}/{32 if ':' not in a else 128}" for a in dns])
+    match = f'socket cgroupv2 level {level} "{cgroup_path}"'
+    lines = [
+        f"add table inet {table}",
+        f"delete table inet {table}",
+        f"table inet {table} {{",
+        f"  set blocked4 {{ type ipv4_addr; flags interval; elements = {{ {_elements(v4)} }} }}" if v4 else "  set blocked4 { type ipv4_addr; flags interval; }",
+        f"  set blocked6 {{ type ipv6_addr; flags interval; elements = {{ {_elements(v6)} }} }}" if v6 else "  set blocked6 { type ipv6_addr; flags interval; }",
+        f"  set dns4 {{ type ipv4_addr; flags interval; elements = {{ {_elements(d4)} }} }}" if d4 else "  set dns4 { type ipv4_addr; flags interval; }",
+        f"  set dns6 {{ type ipv6_addr; flags interval; elements = {{ {_elements(d6)} }} }}" if d6 else "  set dns6 { type ipv6_addr; flags interval; }",
+        "  chain sessions {",
+        "  }",
+        "  chain output {",
+        "    type filter hook output priority filter; policy accept;",
+        f"    {match} jump sessions",
+        f"    {match} meta l4proto {{ tcp, udp }} th dport 53 ip daddr @dns4 accept",
+        f"    {match} meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr @dns6 accept",
+        f"    {match} ip daddr @blocked4 meta l4proto tcp reject with tcp reset",
+        f"    {match} ip daddr @blocked4 reject",
+        f"    {match} ip6 daddr @blocked6 meta l4proto tcp reject with tcp reset",
+        f"    {match} ip6 daddr @blocked6 reject",
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+BASE_RULES = 7  # rules in `output` that match the helper's cgroup
+
+
+def load(text: str) -> None:
+    """Load a ruleset atomically (one nft transaction)."""
+    run([], text)
+
+
+def remove_table(table: str) -> None:
+    """Delete the table if it exists."""
+    run([], f"add table inet {table}\ndelete table inet {table}\n")
+
+
+_RULE_HEAD = re.compile(r"^inet (\S+) (\w+) (\d+)( \d+)?\s*$")
+_SET_HEAD = re.compile(r"^inet (\S+) @(\w+)\s*$")
+_CG_LOAD = re.compile(r"\[ socket load cgroupv2 => reg (\d+) ")
+_CMP = re.compile(r"\[ cmp eq reg (\d+) (0x[0-9a-f]+) (0x[0-9a-f]+) \]")
+
+
+def parse_debug(out: str) -> tuple[dict[str, list[list[int]]], dict[str, int]]:
+    """From `nft --debug=netlink list table` output: chain -> [cgroup ids per rule], set -> element lines."""
+    chains: dict[str, list[list[int]]] = {}
+    sets: dict[str, int] = {}
+    current: list[int] | None = None
+    current_set: str | None = None
+    reg: str | None = None
+    for raw in out.splitlines():
+        line = raw.strip()
+        m = _SET_HEAD.match(line)
+        if m:
+            current_set, current, reg = m.group(2), None, None
+            sets[current_set] = 0
+            continue
+        m = _RULE_HEAD.match(line)
+        if m:
+            current_set, reg = None, None
+            current = []
+            chains.setdefault(m.group(2), []).append(current)
+            continue
+        if current_set is not None and line.startswith("element "):
+            sets[current_set] += 1
+            continue
+        m = _CG_LOAD.search(line)
+        if m and current is not None:
+            reg = m.group(1)
+            continue
+        m = _CMP.search(line)
+        if m and current is not None and reg is not None and m.group(1) == reg:
+            current.append(int(m.group(2), 16) | (int(m.group(3), 16) << 32))
+            reg = None
+    return chains, sets
+
+
+def cgroup_ids(table: str, chain: str) -> list[list[int]]:
+    """For each rule of `chain`, the cgroup ids its `socket cgroupv2` matches compare against."""
+    chains, _ = parse_debug(run(["--debug=netlink", "list", "table", "inet", table]))
+    return chains.get(chain, [])
+
+
+@dataclass
+class Verdict:
+    """Whether the helper's rule holds for its cgroup as it is now."""
+
+    ok: bool
+    detail: str
+
+
+def verify(table: str, current_id: int | None, blocked: list[str]) -> Verdict:
+    """Check that every base rule of `table` matches cgroup id `current_id` and the sets are filled."""
+    if current_id is None:
+        return Verdict(False, "the helper's cgroup does not exist")
+    try:
+        chains, sets = parse_debug(run(["--debug=netlink", "list", "table", "inet", table]))
+    except NftError as exc:
+        return Verdict(False, f"the nftables rule is not loaded ({exc})")
+    rules = chains.get("output", [])
+    matched = [ids for ids in rules if ids]
+    if len(matched) != BASE_RULES or len(rules) != len(matched):
+        return Verdict(False, f"the nftables chain inet {table} output has {len(matched)} cgroup rules of {len(rules)}, expected {BASE_RULES}")
+    stale = sorted({i for ids in matched for i in ids if i != current_id})
+    if stale:
+        return Verdict(False, f"the nftables rule matches cgroup id {stale[0]} but the cgroup's id is now {current_id} (deleted and re-created)")
+    v4, v6 = _split(blocked)
+    for name, want in (("blocked4", v4), ("blocked6", v6)):
+        if name not in sets or (want and sets[name] == 0):
+            return Verdict(False, f"the nftables set {name} is missing or empty")
+    return Verdict(True, f"rule loaded for cgroup id {current_id}")
+
+
+def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[str], comment: str) -> None:
+    """Extra blocks for one session's slirp4netns cgroup (inserted in the `sessions` chain)."""
+    v4, v6 = _split(blocked)
+    match = f'socket cgroupv2 level {level} "{cgroup_path}"'
+    lines = []
+    if v4:
+        lines.append(f'add rule inet {table} sessions {match} ip daddr {{ {_elements(v4)} }} reject comment "{comment}"')
+    if v6:
+        lines.append(f'add rule inet {table} sessions {match} ip6 daddr {{ {_elements(v6)} }} reject comment "{comment}"')
+    if lines:
+        run([], "\n".join(lines) + "\n")
+
+
+def remove_session_rules(table: str, comment: str) -> None:
+    """Delete the `sessions` rules carrying `comment`."""
+    try:
+        out = run(["-a", "list", "chain", "inet", table, "sessions"])
+    except NftError:
+        return
+    handles = [m.group(1) for m in re.finditer(r'comment "' + re.escape(comment) + r'" # handle (\d+)', out)]
+    if handles:
+        run([], "".join(f"delete rule inet {table} sessions handle {h}\n" for h in handles))
