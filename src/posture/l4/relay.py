@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .. import paths
 from .ssh import CONNECT_TIMEOUT, remote_command
 
 SERVICES = ("git-receive-pack", "git-upload-pack")
@@ -56,7 +55,8 @@ class Relay:
     def __init__(self, client, bare: str) -> None:
         self.client = client
         self.bare = bare
-        self.dir = Path(tempfile.mkdtemp(prefix="relay-", dir=paths.ensure_private_dir(paths.state_dir() / "tmp")))
+        # A private (0700) directory in the system temp dir: unix socket paths must stay under 108 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="posture-l4-"))
         self.path = str(self.dir / "git.sock")
         self.errors: list[str] = []
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

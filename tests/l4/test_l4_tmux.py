@@ -1,0 +1,118 @@
+"""The agent runs in tmux on the host: up --detach, exec --session, attach on a terminal, down."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import time
+
+from conftest import posture_bin
+
+
+def remote_tmux_alive(l4, sid: str) -> bool:
+    return l4.remote("tmux", "-L", f"posture-{sid}", "has-session", "-t", "agent").returncode == 0
+
+
+def read_until(fd: int, needle: bytes, timeout: float = 30) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def test_up_detach_exec_attach_down(l4, make_repo) -> None:
+    l4.enroll()
+    repo = make_repo()
+    agent = "echo agent-started > started.txt; echo agent-says-hello; exec sleep 600"
+    proc = l4.posture("up", "--level", "l4", "--detach", "--", "sh", "-c", agent, cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    sid = proc.stdout.strip()
+    status = {s["id"]: s for s in l4.sessions()}[sid]
+    assert status["level"] == "l4" and status["backend"] == "tailnet" and status["status"] == "running"
+    assert remote_tmux_alive(l4, sid)
+    # the generic tmux server name is not used: each session has its own on the shared host
+    assert l4.remote("tmux", "-L", "posture", "has-session", "-t", "agent").returncode != 0
+
+    for _ in range(50):
+        got = l4.posture("exec", "--session", sid, "--", "cat", "started.txt")
+        if got.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert got.returncode == 0 and got.stdout == "agent-started\n", got.stderr
+
+    # attach on a real terminal, see the agent's screen, detach with C-b d
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.clear()
+        os.environ.update({**l4.env, "TERM": "xterm"})
+        os.chdir(repo)
+        os.execvp("ip", ["ip", "netns", "exec", l4.net.gw, posture_bin(), "attach", "--session", sid])
+    try:
+        screen = read_until(fd, b"agent-says-hello")
+        assert b"agent-says-hello" in screen, screen[-2000:]
+        os.write(fd, b"\x02d")
+        rest = read_until(fd, b"[detached", timeout=15)
+        _, wstatus = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(wstatus) == 0, rest[-2000:]
+    finally:
+        os.close(fd)
+    assert remote_tmux_alive(l4, sid), "detaching must leave the agent running"
+
+    worktree = l4.vps.home / l4.workdir / "sessions" / sid
+    assert worktree.is_dir()
+    proc = l4.posture("down", "--session", sid)
+    assert proc.returncode == 0, proc.stderr
+    assert not remote_tmux_alive(l4, sid)
+    assert not worktree.exists()
+    bare = next((l4.vps.home / l4.workdir / "repos").iterdir())
+    refs = subprocess.run(["git", "--git-dir", str(bare), "for-each-ref", "--format=%(refname)"], capture_output=True, text=True).stdout
+    assert f"refs/posture/{sid}/work" in refs  # the work is kept on the host for `posture pull`
+    pulled = l4.posture("pull", "--session", sid, cwd=repo)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "started.txt" in pulled.stdout
+
+
+def test_two_sessions_share_the_host_without_colliding(l4, make_repo) -> None:
+    l4.enroll()
+    repo = make_repo()
+    ids = []
+    for word in ("one", "two"):
+        proc = l4.posture("up", "--level", "l4", "--detach", "--", "sh", "-c", f"echo {word} > who.txt; exec sleep 600", cwd=repo)
+        assert proc.returncode == 0, proc.stderr
+        ids.append(proc.stdout.strip())
+    time.sleep(1)
+    for sid, word in zip(ids, ("one", "two")):
+        got = l4.posture("exec", "--session", sid, "--", "cat", "who.txt")
+        assert got.stdout == f"{word}\n", got.stderr
+        assert remote_tmux_alive(l4, sid)
+    assert l4.posture("down", "--session", ids[0]).returncode == 0
+    assert not remote_tmux_alive(l4, ids[0]) and remote_tmux_alive(l4, ids[1])
+    assert l4.posture("down", "--all").returncode == 0
+    assert not remote_tmux_alive(l4, ids[1])
+
+
+def test_doctor_reports_l4(l4) -> None:
+    import json
+
+    before = json.loads(l4.posture("doctor", "--json").stdout)
+    rows = {r["check"]: r for r in before if r["level"] == "l4"}
+    assert rows["host key pinned"]["ok"] is False and "enroll" in rows["host key pinned"]["fix"]
+    l4.enroll()
+    after = json.loads(l4.posture("doctor", "--json").stdout)
+    rows = {r["check"]: r for r in after if r["level"] == "l4"}
+    for name in ("config", "tailscale CLI", "peer", "host key pinned", "ssh login", "git on host", "tmux on host"):
+        assert rows[name]["ok"], rows[name]
+    l4.scenario(Online=False)
+    rows = {r["check"]: r for r in json.loads(l4.posture("doctor", "--json").stdout) if r["level"] == "l4"}
+    assert rows["peer"]["ok"] is False and "offline" in rows["peer"]["detail"]
