@@ -239,9 +239,7 @@ class BwrapSession(Session):
         try:
             child = int(json.loads(info)["child-pid"])
         except (ValueError, KeyError):
-            os.close(block_w)
-            self.proc.kill()
-            self.proc.wait()
+            self._abort(None, block_w)
             err = (runtime / "bwrap.log").read_text(errors="replace").strip()
             raise Unavailable(f"bwrap could not start the sandbox: {err or 'no child pid reported'}", fix="see `posture doctor` (unprivileged user namespaces must be allowed)")
         self.data["child_pid"] = child
@@ -251,9 +249,7 @@ class BwrapSession(Session):
                 "block": list(getattr(view.network, "extra", ())),
             })
         except (OSError, ValueError, netd.NetdError) as exc:
-            os.close(block_w)
-            self.proc.kill()
-            self.proc.wait()
+            self._abort(child, block_w)
             if isinstance(exc, netd.NetdError) and exc.code == "denied":
                 from ..errors import Refused
 
@@ -265,6 +261,14 @@ class BwrapSession(Session):
         self.data["box"] = answer["box"]
         self.data["slirp_pid"] = answer.get("slirp_pid")
         os.write(block_w, b"1")
+        os.close(block_w)
+
+    def _abort(self, child: int | None, block_w: int) -> None:
+        """Kill a sandbox that never got past --block-fd; only then close the fd it waits on."""
+        if child:
+            _kill_if_bwrap(child)  # pid 1 of the sandbox's pid namespace: the kernel kills the rest
+        self.proc.kill()
+        self.proc.wait()
         os.close(block_w)
 
     # -------------------------------------------------------------- exec / attach
@@ -305,6 +309,8 @@ class BwrapSession(Session):
                 (box / "cgroup.kill").write_text("1")
             except OSError:
                 pass
+        if self.data.get("child_pid"):
+            _kill_if_bwrap(int(self.data["child_pid"]))  # the sandbox's pid 1: its pid namespace dies with it
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGKILL)
