@@ -98,6 +98,13 @@ class L4User:
             stdin=None if input is not None else subprocess.DEVNULL,
         )
 
+    def python(self, code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run Python code (this interpreter, posture importable) in the GW namespace as this user."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.net.gw, sys.executable, "-c", code, *args],
+            cwd=self.home, env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
     def enroll(self) -> None:
         proc = self.posture("l4", "enroll")
         assert proc.returncode == 0, proc.stderr
