@@ -107,3 +107,31 @@ def test_only_posture_identity_and_no_ssh_config_are_used(l4, make_repo) -> None
     proc = l4.posture("exec", "--level", "l4", "--", "true", cwd=make_repo())
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists()
+
+
+def _start(l4, repo: Path, *argv: str) -> subprocess.Popen:
+    from conftest import posture_bin
+
+    return subprocess.Popen(["ip", "netns", "exec", l4.net.gw, posture_bin(), "exec", "--level", "l4", "--", *argv],
+                            cwd=repo, env=l4.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_signals_reach_the_remote_command(l4, make_repo) -> None:
+    """Ctrl-C / SIGTERM on `posture exec` (no tty) reach the command on the host; its code comes back."""
+    import signal
+
+    l4.enroll()
+    repo = make_repo()
+    proc = _start(l4, repo, "sh", "-c", 'trap "echo got-int; exit 9" INT; echo ready; while :; do sleep 0.1; done')
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 9 and out == "got-int\n", (proc.returncode, out, err)
+
+    proc = _start(l4, repo, "sh", "-c", "echo ready; exec sleep 617")
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    # nothing of it is left running on the host
+    assert l4.remote("pgrep", "-u", l4.vps.user, "-f", "sleep 617").returncode != 0

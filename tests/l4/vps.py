@@ -26,10 +26,13 @@ USER = "posture-vps"
 HERE = Path(__file__).parent
 STANDIN_BIN = HERE / "bin"
 LOGIN_ENV_DIR = ".posture-test-login-env"  # in the user's home: when it exists, every session's env is recorded there
+# The test user's login shell: records the environment sshd hands each session (when the test
+# asks for it: the directory exists), then runs the command as `sh -c` would. Not a ForceCommand,
+# since sshd refuses SSH signal requests to forced commands.
 RECORDER = f"""#!/bin/sh
-# Test VPS only: record the environment sshd hands this session, then run the command as a login shell would.
 if [ -d "$HOME/{LOGIN_ENV_DIR}" ]; then env > "$HOME/{LOGIN_ENV_DIR}/$$"; ls -d /tmp/ssh-* >> "$HOME/{LOGIN_ENV_DIR}/$$.agentdirs" 2>/dev/null; fi
-exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+[ "$1" = "-c" ] || exit 126
+exec /bin/sh -c "$2"
 """
 
 
@@ -100,9 +103,6 @@ class Vps:
                     "PermitUserEnvironment no",
                     "X11Forwarding no",
                     "StrictModes yes",
-                    # Transparent recorder: writes the environment sshd gives each session (when the
-                    # test asks for it), then runs the requested command.
-                    f"ForceCommand {self.dir}/login-recorder",
                     "MaxStartups 50",
                     "MaxSessions 50",
                     "LogLevel VERBOSE",
@@ -119,6 +119,7 @@ class Vps:
         recorder = self.dir / "login-recorder"
         recorder.write_text(RECORDER)
         os.chmod(recorder, 0o755)
+        sh("usermod", "-s", str(recorder), self.user)
         sh(SSHD, "-t", "-f", str(cfg))
         self.log = self.dir / "sshd.log"
         # A clean environment: nothing of the test runner's (an SSH_AUTH_SOCK, say) may reach sessions through sshd.
@@ -191,6 +192,7 @@ def start_vps(net: TestNet) -> Vps:
 def stop_vps(vps: Vps) -> None:
     """Stop sshd and remove its directory (processes left in HOSTS die with the test network)."""
     vps.stop()
+    sh("usermod", "-s", "/bin/bash", vps.user)
     shutil.rmtree(vps.dir, ignore_errors=True)
     shutil.rmtree(vps.client_key.parent, ignore_errors=True)
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import termios
+import threading
 import tty as ttymod
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,14 +153,42 @@ def scan_host_key(ip: str, port: int) -> hostkeys.HostKey:
         transport.close()
 
 
-def remote_command(argv: list[str], env: dict[str, str], cwd: str | None) -> str:
+# Runs CMD as a child and relays INT/TERM/HUP to it (they reach this shell through SSH "signal"
+# requests). A background job of a non-interactive shell starts with INT and QUIT ignored and
+# stdin from /dev/null: `env --default-signal` (coreutils >= 8.31) undoes the first, fd 3 the second.
+_RELAY_SIGNALS = (
+    'd="/usr/bin/env --default-signal=INT,QUIT"; $d true 2>/dev/null || d=; '
+    'exec 3<&0; $d "$@" <&3 3<&- & p=$!; exec 3<&- 0</dev/null; '
+    "for s in INT TERM HUP; do trap \"kill -$s $p 2>/dev/null\" $s; done; "
+    'while :; do wait $p; st=$?; kill -0 $p 2>/dev/null || exit $st; done'
+)
+
+
+def remote_command(argv: list[str], env: dict[str, str], cwd: str | None, relay_signals: bool = False) -> str:
     """The command line for the remote login shell: `env -i` with exactly `env`, in `cwd`, then argv.
 
-    A shell stays the parent (no exec), so a command killed by signal N exits 128+N.
+    A shell stays the parent (no exec), so a command killed by signal N exits 128+N. With
+    `relay_signals` (no pty) that shell passes INT/TERM/HUP on to the command; with a pty the
+    terminal delivers them to the whole foreground group itself.
     """
-    script = 'cd -- "$0" || exit 126; "$@"' if cwd else '"$@"'
+    run = _RELAY_SIGNALS if relay_signals else '"$@"'
+    script = f'cd -- "$0" || exit 126; {run}' if cwd else run
     words = ["exec", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(env.items())), "/bin/sh", "-c", script, cwd or "sh", *argv]
     return " ".join(w if w == "exec" else shlex.quote(w) for w in words)
+
+
+def send_signal(chan, name: str) -> None:
+    """Ask the host to deliver signal `name` ("INT", "TERM", ...) to the channel's command (RFC 4254 6.9)."""
+    from paramiko.common import cMSG_CHANNEL_REQUEST
+    from paramiko.message import Message
+
+    m = Message()
+    m.add_byte(cMSG_CHANNEL_REQUEST)
+    m.add_int(chan.remote_chanid)
+    m.add_string("signal")
+    m.add_boolean(False)
+    m.add_string(name)
+    chan.transport._send_user_message(m)
 
 
 SCRIPT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
@@ -220,8 +249,9 @@ def _term_size() -> tuple[int, int]:
 def run_interactive(client, command: str, tty: bool, forward_stdin: bool = True) -> int:
     """Run `command` on the host with this process's stdio; return its exit code.
 
-    Without a tty the remote stdout and stderr stay apart (fd 1 and fd 2 here); with one,
-    the host allocates a pty, the local terminal goes raw and window size changes follow.
+    Without a tty the remote stdout and stderr stay apart (fd 1 and fd 2 here) and INT/TERM/HUP
+    received here are passed on as SSH signal requests (build `command` with relay_signals=True);
+    with one, the host allocates a pty, the local terminal goes raw and window size changes follow.
     """
     chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
     stdin_fd = 0
@@ -232,6 +262,17 @@ def run_interactive(client, command: str, tty: bool, forward_stdin: bool = True)
         cols, rows = _term_size()
         chan.get_pty(term=os.environ.get("TERM") or "xterm-256color", width=cols, height=rows)
     chan.exec_command(command)
+    relayed: dict[int, Any] = {}
+    if not tty and threading.current_thread() is threading.main_thread():
+
+        def forward(signo: int, _frame: object) -> None:
+            try:
+                send_signal(chan, signal.Signals(signo).name.removeprefix("SIG"))
+            except Exception:  # noqa: BLE001 - the channel may be closing
+                pass
+
+        for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            relayed[signo] = signal.signal(signo, forward)
     try:
         if stdin_is_tty:
             saved_attrs = termios.tcgetattr(stdin_fd)
@@ -286,5 +327,7 @@ def run_interactive(client, command: str, tty: bool, forward_stdin: bool = True)
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved_attrs)
         if old_winch is not None:
             signal.signal(signal.SIGWINCH, old_winch)
+        for signo, previous in relayed.items():
+            signal.signal(signo, previous)
         chan.close()
     return 255 if code < 0 else code
