@@ -114,6 +114,34 @@ class Attached:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+SPARES = 3  # slirp4netns launchers kept ready
+REFILL_DELAY = 0.3  # seconds after an attach before the pool is topped up
+
+# Runs as `python3 -I -S -c _LAUNCHER FD`: waits for argv (JSON, with {0} {1} {2} standing for the
+# fds passed alongside) on the unix socket FD, then execs it with exactly those fds inherited.
+_LAUNCHER = r"""
+import json, os, socket, sys
+s = socket.socket(fileno=int(sys.argv[1]))
+msg, fds, _flags, _addr = socket.recv_fds(s, 65536, 8)
+if not msg:
+    sys.exit(0)
+for fd in fds:
+    os.set_inheritable(fd, True)
+argv = [a.format(*fds) for a in json.loads(msg)]
+s.close()
+os.execvp(argv[0], argv)
+"""
+
+
+@dataclass
+class Spare:
+    """A launcher waiting in its own cgroup below `net` for a sandbox to serve."""
+
+    cgroup: str
+    proc: subprocess.Popen
+    sock: socket.socket
+
+
 def _resolvers(path: str = "/etc/resolv.conf") -> list[str]:
     out = []
     try:
@@ -174,6 +202,8 @@ class Daemon:
         self.nft_lock = threading.Lock()
         self.netns = os.stat("/proc/self/ns/net").st_ino
         self.stopping = False
+        self.spares: list[Spare] = []
+        self.spare_lock = threading.Lock()
 
     def _default_base(self) -> str:
         own = self.cg.own() or "/"
@@ -295,42 +325,120 @@ class Daemon:
         pid = int(req["pid"])
         extra = [str(ipaddress.ip_network(c, strict=False)) for c in req.get("block", [])]
         ipv6 = bool(req.get("ipv6", self.ipv6))
-        ok, detail, _ = self.verify()
-        if not ok:
-            raise NetdError("unverified", f"network policy not in force: {detail}")
         key = f"u{uid}-{sid}"
         pidfd = self._check_target(uid, pid)
+        # The sandbox waits on its block fd until the client hears back, so nothing in it runs
+        # before this answer; the rule check runs alongside the set-up and gates the answer.
+        verdict: list[tuple[bool, str, int | None]] = []
+        checker = threading.Thread(target=lambda: verdict.append(self.verify()), daemon=True)
+        checker.start()
         with self.lock:
             if key in self.sessions or self.stopping:
                 os.close(pidfd)
                 raise NetdError("busy", f"session {sid} already has a network")
-            att = Attached(key=key, uid=uid, pid=pid, pidfd=pidfd, box=f"{self.boxes}/{key}", net=f"{self.net}/{key}")
+            att = Attached(key=key, uid=uid, pid=pid, pidfd=pidfd, box=f"{self.boxes}/{key}", net="")
             self.sessions[key] = att
+        moved: list[BaseException | None] = []
+
+        def move_box() -> None:
+            # A first cgroup migration waits for an RCU grace period: let it overlap the rest.
+            try:
+                box_dir = self.cg.create(att.box, self.mount)
+                for name in ("cgroup.freeze", "cgroup.kill"):
+                    try:
+                        os.chown(box_dir / name, uid, -1)
+                    except FileNotFoundError:
+                        pass
+                # pid 1 of the sandbox first: whatever it forks from now on is born inside;
+                # then whatever it forked already (the agent, which forks only on request).
+                self.cg.move(pid, att.box, self.mount)
+                for p in _descendants(pid):
+                    self.cg.move(p, att.box, self.mount)
+                moved.append(None)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                moved.append(exc)
+
+        mover = threading.Thread(target=move_box, daemon=True)
+        mover.start()
+        box_dir = self.cg.path_of(att.box, self.mount)
         try:
-            box_dir = self.cg.create(att.box, self.mount)
-            for name in ("cgroup.freeze", "cgroup.kill"):
-                try:
-                    os.chown(box_dir / name, uid, -1)
-                except FileNotFoundError:
-                    pass
-            for p in [pid, *_descendants(pid)]:
-                self.cg.move(p, att.box, self.mount)
-            self.cg.create(att.net, self.mount)
+            t_cg = time.monotonic()
+            spare = self._take_spare()
+            att.net = spare.cgroup
             if extra:
                 with self.nft_lock:
                     nft.add_session_rules(self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key)
                 att.ruled = True
-            self._start_slirp(att, ipv6)
+            self._start_slirp(att, spare, ipv6)
+            t_slirp = time.monotonic()
+            mover.join()
+            if not moved or moved[0] is not None:
+                raise NetdError("failed", f"could not move the sandbox into its cgroup: {moved[0] if moved else 'unknown'}")
+            checker.join()
+            ok, detail, _ = verdict[0] if verdict else (False, "the rule check failed", None)
+            if not ok:
+                raise NetdError("unverified", f"network policy not in force: {detail}")
         except BaseException as exc:
+            checker.join()
+            mover.join()
             self.cleanup(att)
             if isinstance(exc, NetdError):
                 raise
             raise NetdError("failed", f"could not attach the network: {exc}") from exc
         threading.Thread(target=self._watch, args=(att,), daemon=True).start()
-        _log(f"attached {key} pid {pid} slirp {att.slirp.pid if att.slirp else '-'} in {1000 * (time.monotonic() - started):.0f} ms")
+        # Refill the launcher pool a little later, off the path of the session's first command.
+        threading.Timer(REFILL_DELAY, self._fill_spares).start()
+        _log(f"attached {key} pid {pid} slirp {att.slirp.pid if att.slirp else '-'} in {1000 * (time.monotonic() - started):.0f} ms"
+             f" (slirp {1000 * (t_slirp - t_cg):.0f})")
         return {"ok": True, "box": att.box, "box_dir": str(box_dir), "net": att.net, "slirp_pid": att.slirp.pid if att.slirp else None}
 
-    def _start_slirp(self, att: Attached, ipv6: bool) -> None:
+    # -------------------------------------------------------------- slirp4netns launchers
+    # Moving a process into a cgroup costs an RCU grace period (~10 ms) on many kernels, so
+    # launchers are started ahead of time, each already in its own cgroup below `net`; at
+    # attach time one receives the namespace and pipe fds and execs slirp4netns.
+
+    def _new_spare(self) -> "Spare":
+        import secrets
+
+        rel = f"{self.net}/s{secrets.token_hex(6)}"
+        self.cg.create(rel, self.mount)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(child.fileno())],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        child.close()
+        try:
+            self.cg.move(proc.pid, rel, self.mount)
+        except OSError:
+            proc.kill()
+            proc.wait()
+            parent.close()
+            self.cg.remove(rel, self.mount)
+            raise
+        return Spare(rel, proc, parent)
+
+    def _take_spare(self) -> "Spare":
+        with self.lock:
+            while self.spares:
+                spare = self.spares.pop()
+                if spare.proc.poll() is None:
+                    return spare
+                spare.sock.close()
+        return self._new_spare()
+
+    def _fill_spares(self) -> None:
+        with self.spare_lock:
+            while len(self.spares) < SPARES and not self.stopping:
+                try:
+                    spare = self._new_spare()
+                except OSError as exc:
+                    _log(f"could not prepare a slirp4netns launcher: {exc}")
+                    return
+                with self.lock:
+                    self.spares.append(spare)
+
+    def _start_slirp(self, att: Attached, spare: "Spare", ipv6: bool) -> None:
         netfd = os.open(f"/proc/{att.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             usernsfd = fcntl.ioctl(netfd, NS_GET_USERNS)
@@ -338,32 +446,28 @@ class Daemon:
             os.close(netfd)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
-        procs = self.cg.path_of(att.net, self.mount) / "cgroup.procs"
         argv = [
-            "/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs),
             "unshare", "-m", "--propagation", "private",
             "slirp4netns", "--configure", "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
             *(["--enable-ipv6"] if ipv6 else []),
-            f"--userns-path=/proc/self/fd/{usernsfd}", "-r", str(ready_w), "-e", str(exit_r),
+            "--userns-path=/proc/self/fd/{0}", "-r", "{1}", "-e", "{2}",
             str(att.pid), "tap0",
         ]
-        try:
-            att.slirp = subprocess.Popen(
-                argv, pass_fds=(usernsfd, ready_w, exit_r), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
-        finally:
-            os.close(usernsfd)
-            os.close(ready_w)
-            os.close(exit_r)
+        att.slirp = spare.proc
         att.exit_w = exit_w
+        try:
+            socket.send_fds(spare.sock, [json.dumps(argv).encode()], [usernsfd, ready_w, exit_r])
+        finally:
+            spare.sock.close()
+            for fd in (usernsfd, ready_w, exit_r):
+                os.close(fd)
         try:
             readable, _, _ = select.select([ready_r], [], [], 10)
             got = os.read(ready_r, 1) if readable else b""
         finally:
             os.close(ready_r)
         if got != b"1":
-            err = ""
+            err: list[str] = []
             if att.slirp.poll() is not None and att.slirp.stderr is not None:
                 err = att.slirp.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
             raise NetdError("failed", f"slirp4netns did not become ready: {err or 'timeout'}")
@@ -371,9 +475,10 @@ class Daemon:
         threading.Thread(target=_drain, args=(att.slirp.stderr,), daemon=True).start()
         if ipv6:
             # Configure the v6 address now rather than waiting for slirp's router advertisement.
-            ns = f"--net=/proc/{att.pid}/ns/net"
-            subprocess.run(["nsenter", ns, "ip", "-6", "addr", "add", "fd00::100/64", "dev", "tap0", "nodad"], capture_output=True)
-            subprocess.run(["nsenter", ns, "ip", "-6", "route", "replace", "default", "via", "fd00::2", "dev", "tap0"], capture_output=True)
+            v6 = subprocess.run(["nsenter", f"--net=/proc/{att.pid}/ns/net", "ip", "-6", "-batch", "-"], capture_output=True,
+                                input=b"addr add fd00::100/64 dev tap0 nodad\nroute replace default via fd00::2 dev tap0\n")
+            if v6.returncode != 0:
+                _log(f"IPv6 set-up of {att.key} failed: {v6.stderr.decode(errors='replace').strip()}")
 
     def _watch(self, att: Attached) -> None:
         try:
@@ -414,7 +519,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 att.slirp.kill()
                 att.slirp.wait()
-        for rel in (att.box, att.net):
+        for rel in filter(None, (att.box, att.net)):
             try:
                 self.cg.remove(rel, self.mount)
             except OSError as exc:
@@ -433,6 +538,7 @@ class Daemon:
     # -------------------------------------------------------------- lifecycle
     def serve(self, pidfile: str | None = None) -> None:
         self.load_rule()
+        self._fill_spares()
         path = Path(self.sock_path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         try:
@@ -471,8 +577,18 @@ class Daemon:
             pass
         for att in list(self.sessions.values()):
             self.cleanup(att)
+        with self.lock:
+            spares, self.spares = self.spares, []
+        for spare in spares:
+            spare.sock.close()  # the launcher reads EOF and exits
+            try:
+                spare.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                spare.proc.kill()
+            self.cg.remove(spare.cgroup, self.mount)
         try:
-            nft.remove_table(self.table)
+            with self.nft_lock:
+                nft.remove_table(self.table)
         except nft.NftError as exc:
             _log(str(exc))
         for rel in (self.boxes, self.net, self.base):

@@ -22,12 +22,64 @@ class NftError(RuntimeError):
     """nft refused a command; the message is its stderr."""
 
 
-def run(args: list[str], text: str | None = None) -> str:
-    """Run `nft ARGS` (feeding `text` as a ruleset file on stdin); return stdout."""
-    argv = [NFT, *args] if text is None else [NFT, *args, "-f", "-"]
+class _Lib:
+    """libnftables through ctypes: the same engine as the nft binary, without a process per call."""
+
+    DEBUG_NETLINK = 0x8
+    OUTPUT_HANDLE = 1 << 3
+
+    def __init__(self) -> None:
+        import ctypes
+
+        lib = ctypes.CDLL("libnftables.so.1")
+        vp, cp = ctypes.c_void_p, ctypes.c_char_p
+        lib.nft_ctx_new.restype = vp
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, name).argtypes = [vp]
+        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, name).restype = cp
+            getattr(lib, name).argtypes = [vp]
+        lib.nft_run_cmd_from_buffer.argtypes = [vp, cp]
+        lib.nft_ctx_output_set_debug.argtypes = [vp, ctypes.c_uint]
+        lib.nft_ctx_output_set_flags.argtypes = [vp, ctypes.c_uint]
+        self.lib = lib
+        self.ctx = lib.nft_ctx_new(0)
+        lib.nft_ctx_buffer_output(self.ctx)
+        lib.nft_ctx_buffer_error(self.ctx)
+
+    def run(self, text: str, debug: bool, handles: bool) -> str:
+        lib = self.lib
+        lib.nft_ctx_output_set_debug(self.ctx, self.DEBUG_NETLINK if debug else 0)
+        lib.nft_ctx_output_set_flags(self.ctx, self.OUTPUT_HANDLE if handles else 0)
+        rc = lib.nft_run_cmd_from_buffer(self.ctx, text.encode())
+        out = (lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode(errors="replace")
+        err = (lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode(errors="replace")
+        if rc != 0:
+            raise NftError(f"nft: {err.strip() or out.strip()}")
+        return out
+
+
+_lib: _Lib | None | bool = None
+
+
+def run(text: str, debug: bool = False, handles: bool = False) -> str:
+    """Run nft command(s) `text` (one per line, or a ruleset file's text); return the output.
+
+    Uses libnftables in-process when it is there (callers serialise: it is not thread-safe),
+    else the nft binary.
+    """
+    global _lib
+    if _lib is None:
+        try:
+            _lib = _Lib()
+        except (OSError, AttributeError):
+            _lib = False
+    if _lib:
+        return _lib.run(text, debug, handles)
+    argv = [NFT, *(["--debug=netlink"] if debug else []), *(["-a"] if handles else []), "-f", "-"]
     proc = subprocess.run(argv, input=text, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise NftError(f"nft {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
+        raise NftError(f"nft: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout
 
 
@@ -80,12 +132,12 @@ BASE_RULES = 7  # rules in `output` that match the helper's cgroup
 
 def load(text: str) -> None:
     """Load a ruleset atomically (one nft transaction)."""
-    run([], text)
+    run(text)
 
 
 def remove_table(table: str) -> None:
     """Delete the table if it exists."""
-    run([], f"add table inet {table}\ndelete table inet {table}\n")
+    run(f"add table inet {table}\ndelete table inet {table}\n")
 
 
 _RULE_HEAD = re.compile(r"^inet (\S+) (\w+) (\d+)( \d+)?\s*$")
@@ -130,7 +182,7 @@ def parse_debug(out: str) -> tuple[dict[str, list[list[int]]], dict[str, int]]:
 
 def cgroup_ids(table: str, chain: str) -> list[list[int]]:
     """For each rule of `chain`, the cgroup ids its `socket cgroupv2` matches compare against."""
-    chains, _ = parse_debug(run(["--debug=netlink", "list", "table", "inet", table]))
+    chains, _ = parse_debug(run(f"list table inet {table}", debug=True))
     return chains.get(chain, [])
 
 
@@ -147,7 +199,7 @@ def verify(table: str, current_id: int | None, blocked: list[str]) -> Verdict:
     if current_id is None:
         return Verdict(False, "the helper's cgroup does not exist")
     try:
-        chains, sets = parse_debug(run(["--debug=netlink", "list", "table", "inet", table]))
+        chains, sets = parse_debug(run(f"list table inet {table}", debug=True))
     except NftError as exc:
         return Verdict(False, f"the nftables rule is not loaded ({exc})")
     rules = chains.get("output", [])
@@ -174,15 +226,15 @@ def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[st
     if v6:
         lines.append(f'add rule inet {table} sessions {match} ip6 daddr {{ {_elements(v6)} }} reject comment "{comment}"')
     if lines:
-        run([], "\n".join(lines) + "\n")
+        run("\n".join(lines) + "\n")
 
 
 def remove_session_rules(table: str, comment: str) -> None:
     """Delete the `sessions` rules carrying `comment`."""
     try:
-        out = run(["-a", "list", "chain", "inet", table, "sessions"])
+        out = run(f"list chain inet {table} sessions", handles=True)
     except NftError:
         return
     handles = [m.group(1) for m in re.finditer(r'comment "' + re.escape(comment) + r'" # handle (\d+)', out)]
     if handles:
-        run([], "".join(f"delete rule inet {table} sessions handle {h}\n" for h in handles))
+        run("".join(f"delete rule inet {table} sessions handle {h}\n" for h in handles))

@@ -6,7 +6,7 @@ the session's lifetime and bound read-only over itself. posture removes what it 
 when the last session of the project that uses it ends, and only if it is still the
 same, still empty file or directory (anything the user put there stays).
 
-A registry (under posture's state dir, keyed by project, under a lock) counts the
+A registry (a JSON file next to the project's agent state, under a lock) counts the
 sessions using each placeholder: removing a file that is a mount point in a running
 sandbox would silently detach that mount there.
 """
@@ -18,28 +18,17 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from . import paths
 
 # Protected names that are directories when they exist; everything else is a file.
 DIR_NAMES = frozenset({".git", "hooks", "info", ".vscode", ".idea", ".cursor", ".claude", "commands", "agents", ".github", ".devcontainer"})
 
 
-def _registry(project: str) -> Path:
-    from . import gitutil
-
-    base = paths.ensure_private_dir(paths.state_dir() / "placeholders")
-    try:
-        key = gitutil.project_key(Path(project))
-    except Exception:  # noqa: BLE001 - a broken repo still gets a stable key
-        key = project.strip("/").replace("/", "_")
-    return base / f"{key}.json"
-
-
 @contextmanager
-def _locked(project: str) -> Iterator[tuple[Path, dict]]:
-    path = _registry(project)
+def _locked(registry: str) -> Iterator[tuple[Path, dict]]:
+    path = Path(registry)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -49,7 +38,7 @@ def _locked(project: str) -> Iterator[tuple[Path, dict]]:
             data = {}
         yield path, data
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(data, sort_keys=True))
         os.replace(tmp, path)
     finally:
         os.close(fd)
@@ -71,10 +60,10 @@ def mount_point(project: str, protected: str) -> tuple[str, bool]:
     return str(top), is_dir
 
 
-def acquire(project: str, session: str, wanted: list[tuple[str, bool]]) -> list[str]:
+def acquire(registry: str, session: str, wanted: list[tuple[str, bool]]) -> list[str]:
     """Create the missing placeholders in `wanted` ([(path, is_dir)]) for `session`; return every path now held."""
     held: list[str] = []
-    with _locked(project) as (_path, data):
+    with _locked(registry) as (_path, data):
         for path, is_dir in wanted:
             entry = data.get(path)
             if entry is None or not _same(path, entry):
@@ -111,13 +100,25 @@ def _empty(path: str, is_dir: bool) -> bool:
         return False
 
 
-def release(project: str, session: str, live: set[str] | None = None) -> list[str]:
-    """Drop `session`'s hold; remove placeholders nobody holds (sessions not in `live` count as gone)."""
+def release(registry: str, session: str, live: Callable[[], set[str]] | None = None) -> list[str]:
+    """Drop `session`'s hold; remove placeholders nobody holds.
+
+    `live()` names the sessions still running; it is asked only when other holders remain
+    (holders that are not live, e.g. crashed sessions, count as gone).
+    """
     removed: list[str] = []
-    with _locked(project) as (_path, data):
+    running: set[str] | None = None
+    with _locked(registry) as (_path, data):
         for path in sorted(data, key=len, reverse=True):
             entry = data[path]
-            entry["sessions"] = [s for s in entry["sessions"] if s != session and (live is None or s in live)]
+            entry["sessions"] = [s for s in entry["sessions"] if s != session]
+            if entry["sessions"] and live is not None:
+                if running is None:
+                    try:
+                        running = live()
+                    except Exception:  # noqa: BLE001 - without the store, keep the other holders
+                        running = set(entry["sessions"])
+                entry["sessions"] = [s for s in entry["sessions"] if s in running]
             if entry["sessions"]:
                 continue
             if _same(path, entry) and _empty(path, entry["dir"]):

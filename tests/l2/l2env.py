@@ -122,8 +122,20 @@ class L2:
         return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
     def net_cgroups(self) -> list[str]:
+        """cgroups below the helper's filtered one that hold a running slirp4netns (idle launchers do not count)."""
         base = cgroups.path_of(f"{self.base}/net")
-        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        found = []
+        for p in (base.iterdir() if base.is_dir() else []):
+            if p.is_dir() and any(_comm(pid) == "slirp4netns" for pid in cgroups.procs(f"{self.base}/net/{p.name}")):
+                found.append(p.name)
+        return sorted(found)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _quote(s: str) -> str:

@@ -59,12 +59,15 @@ def test_no_process_survives_the_session(l2: L2) -> None:
     assert len(cgroups.procs(f"{l2.base}/box/{boxes[0]}")) >= 5
     slirp = cgroups.procs(f"{l2.base}/net/{nets[0]}")
     assert slirp and all(Path(f"/proc/{p}/comm").read_text().strip() == "slirp4netns" for p in slirp)
+    deadline = time.monotonic() + 5
+    while len(_user_pids("sleep 4242")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the background shells may not have exec'd sleep yet
     assert len(_user_pids("sleep 4242")) == 3
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     # afterwards: every cgroup of the session is gone, and with it every process
     assert l2.box_cgroups() == [] and l2.net_cgroups() == []
-    assert cgroups.procs(l2.base) == []
+    assert cgroups.procs(f"{l2.base}/box") == []
     assert _user_pids("sleep 4242") == []
     assert all(not Path(f"/proc/{p}").exists() for p in slirp)
 
@@ -83,7 +86,7 @@ def test_recreated_cgroup_makes_posture_refuse(l2: L2) -> None:
     assert ok.returncode == 0, ok.stderr
     net = cgroups.path_of(f"{l2.base}/net")
     old = cgroups.cgroup_id(f"{l2.base}/net")
-    os.rmdir(net)
+    cgroups.remove(f"{l2.base}/net")  # with the helper's idle launchers inside it
     os.mkdir(net)
     assert cgroups.cgroup_id(f"{l2.base}/net") != old
     try:

@@ -6,14 +6,15 @@ protected paths read-only and denied paths hidden). bwrap gets exactly the view'
 environment, its own user/pid/ipc/uts/cgroup/net namespaces, a new session, no
 capabilities, no nested user namespaces and a seccomp filter (posture.seccomp).
 
-Start-up order, so nothing runs before the network policy holds:
-  1. bwrap starts blocked on --block-fd; --info-fd gives the sandbox's first pid;
-  2. netd (checked with SO_PEERCRED) verifies its nftables rule against its cgroup's id
-     now, moves that pid into a per-session cgroup and attaches slirp4netns from the
-     filtered cgroup; any failure is exit 69;
-  3. posture unblocks bwrap, which runs the exec agent on a listening socket the host
-     bound and passed in (the socket's path is not visible inside);
-  4. commands run through the agent (posture.channel).
+Start-up order, so no command runs before the network policy holds:
+  1. bwrap starts the exec agent on a listening socket the host bound and passed in
+     (its path is not visible inside); --info-fd gives the sandbox's first pid at once;
+  2. meanwhile netd (checked with SO_PEERCRED) verifies its nftables rule against its
+     cgroup's id now, moves the sandbox's processes into a per-session cgroup (before
+     the agent ever forks) and attaches slirp4netns from the filtered cgroup; any
+     failure kills the sandbox and is exit 69;
+  3. only then does posture connect to the agent: commands run through it
+     (posture.channel), so nothing the agent runs predates the network policy.
 Module import stays light: it runs on every CLI start.
 """
 
@@ -159,7 +160,7 @@ class BwrapSession(Session):
 
     # -------------------------------------------------------------- start
     def start(self) -> None:
-        """Start bwrap blocked, attach its network through netd, then let the agent run."""
+        """Start bwrap with the agent, attach its network through netd (fail closed), record how to reach it."""
         import json
         import select
         import socket
@@ -182,8 +183,9 @@ class BwrapSession(Session):
         ipv6 = True
         fs_args, wanted = view_args(view, runtime, ipv6)
 
-        held = placeholders.acquire(view.project, self.record.id, wanted)
-        self.data["placeholders"] = held
+        registry = str(Path(view.state_dir).parent / "placeholders.json")
+        held = placeholders.acquire(registry, self.record.id, wanted)
+        self.data.update(placeholders=held, placeholder_registry=registry)
 
         agent_sock = runtime / "agent.sock"
         try:
@@ -204,25 +206,24 @@ class BwrapSession(Session):
         os.write(filt_w, filt)  # a few hundred bytes: fits in the pipe buffer
         os.close(filt_w)
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
-        block_r, block_w = os.pipe2(os.O_CLOEXEC)
         lfd = listener.fileno()
         argv = [
             bwrap, *hardening_args("posture"),
             *fs_args,
             "--ro-bind", str(channel.GUEST_DIR), AGENT_DIR_INSIDE,
             "--chdir", view.cwd or view.project,
-            "--seccomp", str(filt_r), "--info-fd", str(info_w), "--block-fd", str(block_r),
+            "--seccomp", str(filt_r), "--info-fd", str(info_w),
             "--", PYTHON, "-I", "-S", f"{AGENT_DIR_INSIDE}/agent.py", "--listen-fd", str(lfd),
         ]
         log = open(runtime / "bwrap.log", "wb")
         try:
             self.proc = subprocess.Popen(
-                argv, env=dict(view.env.env), pass_fds=(filt_r, info_w, block_r, lfd),
+                argv, env=dict(view.env.env), pass_fds=(filt_r, info_w, lfd),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, close_fds=True,
             )
         finally:
             log.close()
-            for fd in (filt_r, info_w, block_r):
+            for fd in (filt_r, info_w):
                 os.close(fd)
             listener.close()
         self.data["bwrap_pid"] = self.proc.pid
@@ -239,7 +240,7 @@ class BwrapSession(Session):
         try:
             child = int(json.loads(info)["child-pid"])
         except (ValueError, KeyError):
-            self._abort(None, block_w)
+            self._abort(None)
             err = (runtime / "bwrap.log").read_text(errors="replace").strip()
             raise Unavailable(f"bwrap could not start the sandbox: {err or 'no child pid reported'}", fix="see `posture doctor` (unprivileged user namespaces must be allowed)")
         self.data["child_pid"] = child
@@ -249,7 +250,7 @@ class BwrapSession(Session):
                 "block": list(getattr(view.network, "extra", ())),
             })
         except (OSError, ValueError, netd.NetdError) as exc:
-            self._abort(child, block_w)
+            self._abort(child)
             if isinstance(exc, netd.NetdError) and exc.code == "denied":
                 from ..errors import Refused
 
@@ -260,16 +261,13 @@ class BwrapSession(Session):
             ) from None
         self.data["box"] = answer["box"]
         self.data["slirp_pid"] = answer.get("slirp_pid")
-        os.write(block_w, b"1")
-        os.close(block_w)
 
-    def _abort(self, child: int | None, block_w: int) -> None:
-        """Kill a sandbox that never got past --block-fd; only then close the fd it waits on."""
+    def _abort(self, child: int | None) -> None:
+        """Kill a sandbox whose network could not be attached (its agent never got a command)."""
         if child:
             _kill_if_bwrap(child)  # pid 1 of the sandbox's pid namespace: the kernel kills the rest
         self.proc.kill()
         self.proc.wait()
-        os.close(block_w)
 
     # -------------------------------------------------------------- exec / attach
     def exec(self, argv: list[str], tty: bool) -> int:
@@ -322,13 +320,12 @@ class BwrapSession(Session):
                 netd.request(self._netd_socket(), {"op": "release", "session": self.record.id}, timeout=15)
             except (OSError, ValueError, netd.NetdError):
                 pass  # netd cleans up by itself when the sandbox's first process is gone
-        project = self.data.get("project")
-        if project and self.data.get("placeholders"):
-            try:
-                live = {r.id for r in SessionStore().live(None) if r.id != self.record.id}
-            except Exception:  # noqa: BLE001 - never keep a sandbox's debris because of the store
-                live = None
-            placeholders.release(project, self.record.id, live)
+        registry = self.data.get("placeholder_registry")
+        if registry and self.data.get("placeholders"):
+            def live() -> set[str]:
+                return {r.id for r in SessionStore().live(None) if r.id != self.record.id}
+
+            placeholders.release(registry, self.record.id, live)
             self.data["placeholders"] = []
         sock = self.data.get("socket")
         if sock:
