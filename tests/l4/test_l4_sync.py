@@ -54,7 +54,7 @@ def test_remote_work_comes_back_as_a_ref_and_nothing_local_moves(l4, make_repo) 
     proc = l4.posture("pull", "--session", sid, cwd=repo)
     assert proc.returncode == 0, proc.stderr
     ref = f"refs/posture/{sid}/pull-1"
-    assert ref in proc.stderr
+    assert ref in proc.stdout + proc.stderr
     assert "file0.txt" in proc.stdout and "new.txt" in proc.stdout and "notes.txt" in proc.stdout  # git diff --stat
     assert git(repo, "show", f"{ref}:file0.txt") == "changed remotely"
     assert git(repo, "show", f"{ref}:new.txt") == "brand new"
@@ -68,7 +68,7 @@ def test_remote_work_comes_back_as_a_ref_and_nothing_local_moves(l4, make_repo) 
     assert snapshot(repo) == before and git(repo, "rev-parse", "HEAD") == head
     # a second pull with nothing new reuses the ref
     again = l4.posture("pull", "--session", sid, cwd=repo)
-    assert again.returncode == 0 and ref in again.stderr and "nothing new" in again.stderr
+    assert again.returncode == 0 and ref in again.stdout + again.stderr and "nothing new" in again.stderr
     # the host kept the bare repo (for the next sync) but not the session's work tree
     assert (l4.vps.home / l4.workdir / "repos").is_dir()
     assert not (l4.vps.home / l4.workdir / "sessions" / sid).exists()

@@ -116,3 +116,31 @@ def test_doctor_reports_l4(l4) -> None:
     l4.scenario(Online=False)
     rows = {r["check"]: r for r in json.loads(l4.posture("doctor", "--json").stdout) if r["level"] == "l4"}
     assert rows["peer"]["ok"] is False and "offline" in rows["peer"]["detail"]
+
+
+def test_up_attached_ends_with_the_agent(l4, make_repo) -> None:
+    """`posture up --level l4` on a terminal shows the agent; when the agent exits the session is torn down."""
+    l4.enroll()
+    repo = make_repo()
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.clear()
+        os.environ.update({**l4.env, "TERM": "xterm"})
+        os.chdir(repo)
+        os.execvp("ip", ["ip", "netns", "exec", l4.net.gw, posture_bin(), "up", "--level", "l4", "--",
+                         "sh", "-c", "echo agent-on-screen; echo work > made-by-agent.txt; sleep 2"])
+    try:
+        screen = read_until(fd, b"agent-on-screen", timeout=60)
+        assert b"agent-on-screen" in screen, screen[-2000:]
+        read_until(fd, b"\x00", timeout=30)  # until the terminal closes
+        _, wstatus = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(wstatus) == 0
+    finally:
+        os.close(fd)
+    sessions = [s for s in l4.sessions() if s["backend"] == "tailnet"]
+    assert sessions[-1]["status"] == "stopped", sessions[-1]
+    sid = sessions[-1]["id"]
+    assert not remote_tmux_alive(l4, sid)
+    assert not (l4.vps.home / l4.workdir / "sessions" / sid).exists()
+    pulled = l4.posture("pull", "--session", sid, cwd=repo)
+    assert pulled.returncode == 0 and "made-by-agent.txt" in pulled.stdout, pulled.stderr

@@ -330,7 +330,8 @@ class TailnetBackend(Backend):
 
 
 def pull_session(session_id: str | None, project: Path | None = None) -> PullResult:
-    """`posture pull`: the named session, or the newest L4 session of the project."""
+    """Pull the named session, or else the project's newest L4 session (running or stopped: an
+    `exec --level l4` session is stopped by the time its work is pulled; its work waits on the host)."""
     from .. import runner
     from ..session import SessionStore
 
@@ -361,7 +362,7 @@ def posture_backends() -> list[Backend]:
 
 @hookimpl
 def posture_commands(app) -> None:
-    """`posture l4 enroll [--yes]`, and `posture pull` unless the core already has one."""
+    """`posture l4 enroll [--yes]` (`posture pull` is the core's; it calls TailnetSession.pull)."""
     import typer
 
     l4_app = typer.Typer(help="The L4 host: pin its SSH host key.", no_args_is_help=True)
@@ -380,19 +381,3 @@ def posture_commands(app) -> None:
         return 0
 
     app.add_typer(l4_app, name="l4")
-
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    if "pull" in names:
-        return
-
-    @app.command("pull")
-    def pull_cmd(
-        path: Path = typer.Argument(None, help="Project directory (default: the current one).", show_default=False),
-        session: str = typer.Option(None, "--session", help="Session id (default: the project's newest L4 session)."),
-    ) -> int:
-        """Fetch an L4 session's work into refs/posture/<session>/pull-N and show what changed (never merges)."""
-        result = pull_session(session, path)
-        print(result.stat or "(no changes)")
-        note = "" if result.new else " (nothing new since the last pull)"
-        print(f"posture: {result.ref} = {result.commit[:12]}{note}; review with `git diff {result.base[:12]} {result.ref}`", file=sys.stderr)
-        return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shlex
 import socket
 import struct
@@ -146,8 +147,6 @@ class Relay:
             elif chan.exit_status_ready() and (chan.eof_received or chan.closed):
                 break
             else:
-                import select
-
                 select.select([chan], [], [], 1.0)
         code = chan.recv_exit_status()
         chan.close()
