@@ -166,3 +166,34 @@ def test_incremental_sync_sends_only_what_changed(l4, make_repo) -> None:
     for sid in sids:
         assert f"refs/posture/{sid}/checkpoint-1" in refs
     print(f"incremental sync: first session {first} bytes, one-file change {second} bytes, no change {third} bytes")
+
+
+ESCALATE = r"""
+import sys
+from pathlib import Path
+from posture import checkpoint
+from posture.config import load_settings
+from posture.plugins import backend_named
+from posture.session import SessionRecord, new_id
+
+repo = Path(sys.argv[1])
+parent = checkpoint.capture(repo, "lower-session", "escalating")
+(repo / "after.txt").write_text("written after the checkpoint\n")  # must not travel: the checkpoint is the truth
+record = SessionRecord(id=new_id(), project=str(repo), level="l4", backend="tailnet", profile="shell", parent="lower-session")
+record.data["from_checkpoint"] = parent.ref
+s = backend_named("tailnet").session(record, None, load_settings(repo))
+s.start()
+try:
+    code = s.exec(["sh", "-c", "cat carried.txt; test ! -e after.txt"], tty=False)
+finally:
+    s.stop()
+print("code", code, s.record.data["checkpoint_commit"] == parent.commit)
+"""
+
+
+def test_escalation_starts_from_the_lower_sessions_checkpoint(l4, make_repo) -> None:
+    l4.enroll()
+    repo = make_repo(files={"carried.txt": "uncommitted work of the lower level\n"})
+    proc = l4.python(ESCALATE, str(repo))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["uncommitted work of the lower level", "code 0 True"], proc.stdout

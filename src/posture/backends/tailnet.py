@@ -117,8 +117,8 @@ class TailnetSession(Session):
         layout = sync.Layout.from_config(self.l4.get("workdir"))
         bare = layout.bare(gitutil.project_key(project))
         worktree = layout.worktree(self.record.id)
-        ref = self.record.data.get("checkpoint_ref")
-        if ref:  # escalation: start from the checkpoint the lower session left
+        ref = self.record.data.get("checkpoint_ref") or self.record.data.get("from_checkpoint")
+        if ref:  # escalation: start from the checkpoint the lower session left (escalate.py sets from_checkpoint)
             commit = sync.resolve(project, ref)
             if commit is None:
                 raise UsageError(f"checkpoint {ref} does not exist in {project}", fix="see `posture status` for the session's checkpoints")
