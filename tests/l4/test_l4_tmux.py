@@ -111,11 +111,18 @@ def test_doctor_reports_l4(l4) -> None:
     l4.enroll()
     after = json.loads(l4.posture("doctor", "--json").stdout)
     rows = {r["check"]: r for r in after if r["level"] == "l4"}
-    for name in ("config", "tailscale CLI", "peer", "host key pinned", "ssh login", "git on host", "tmux on host"):
+    for name in ("config", "identity", "tailscale CLI", "peer", "host key pinned", "ssh login", "git on host", "tmux on host"):
         assert rows[name]["ok"], rows[name]
     l4.scenario(Online=False)
     rows = {r["check"]: r for r in json.loads(l4.posture("doctor", "--json").stdout) if r["level"] == "l4"}
     assert rows["peer"]["ok"] is False and "offline" in rows["peer"]["detail"]
+    # the user's general key is flagged: L4 wants a key made for that host only
+    general = l4.home / ".ssh" / "id_ed25519"
+    general.parent.mkdir(mode=0o700)
+    general.write_bytes(l4.vps.client_key.read_bytes())
+    l4.user.write_config(l4.user.config_file.read_text().replace(str(l4.vps.client_key), str(general)))
+    rows = {r["check"]: r for r in json.loads(l4.posture("doctor", "--json").stdout) if r["level"] == "l4"}
+    assert rows["identity"]["ok"] is False and "general SSH key" in rows["identity"]["detail"]
 
 
 def test_up_attached_ends_with_the_agent(l4, make_repo) -> None:

@@ -22,6 +22,15 @@ from ..hookspecs import hookimpl
 from ..session import Availability, Backend, Check, Session, SessionRecord
 
 TMUX_WINDOW = "agent"
+# Default key names of ssh-keygen: a key with one of these names in ~/.ssh is the user's general key.
+GENERAL_KEYS = ("id_rsa", "id_ed25519", "id_ecdsa", "id_dsa", "id_ed25519_sk", "id_ecdsa_sk")
+
+
+def paths_hint() -> str:
+    """Where a dedicated L4 key could live."""
+    from .. import paths
+
+    return str(paths.config_dir() / "l4_ed25519")
 # Local values that mean nothing on the host; posture sets the host's own instead.
 HOST_SPECIFIC = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "TMPDIR", "PWD", "OLDPWD", "MAIL")
 
@@ -295,6 +304,10 @@ class TailnetBackend(Backend):
         if problem:
             return [Check("config", False, problem.reason, problem.fix)]
         checks.append(Check("config", True, f"[l4] host={l4['host']} user={l4['user']} port={l4.get('port') or 22}"))
+        identity = Path(str(l4["identity"])).expanduser()
+        general = identity.parent == Path.home() / ".ssh" and identity.name in GENERAL_KEYS
+        checks.append(Check("identity", not general, f"{identity}" + (" is your general SSH key" if general else ""),
+                            f"make a key for this host only: ssh-keygen -t ed25519 -N '' -f {paths_hint()} and set [l4] identity to it"))
         exe = shutil.which("tailscale")
         checks.append(Check("tailscale CLI", bool(exe), exe or "not on PATH", "install Tailscale and run `tailscale up`"))
         if not exe:
