@@ -1,23 +1,408 @@
-"""L3 backend (libvirt). Under construction: reports itself unavailable until it is built."""
+"""L3 backend: a transient libvirt/QEMU VM per session, with its own kernel.
+
+The guest boots the host's (or a fetched Debian cloud) kernel directly with an initramfs
+posture builds; its root is the session's View exported read-only over virtio-fs, the
+project read-write over a second share (protected paths read-only on the host side); the
+exec agent runs as the guest's first process on a virtio-serial port. The domain is created
+with the autodestroy flag from the process that holds the session (keeper or `posture
+exec`), so a dying posture takes its VM along. Network: QEMU's user-mode stack, from a QEMU
+process placed in the network helper's cgroup, so the same nftables rule as L2 governs it.
+"""
 
 from __future__ import annotations
 
+import grp
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import channel, paths
+from ..errors import InternalError, Unavailable
 from ..hookspecs import hookimpl
-from ..session import Availability, Backend
+from ..l3 import accel as accelmod
+from ..l3 import domain, initramfs, kernel, l3net, virtiofs
+from ..l3.mux import Mux
+from ..session import Availability, Backend, Check, Session, SessionRecord, session_runtime_dir
+from ..view import View
+
+DEFAULT_URI = "qemu:///system"
+DEFAULT_MEMORY_MIB = 512
+DEFAULT_CPUS = 1
+DEFAULT_BOOT_TIMEOUT = 60
+EXPOSED_ROOT = Path("/run/posture-l3")  # files QEMU (libvirt's qemu user) must open: kernel, initrd, sockets
+ROOT_FIX = "run posture as root for L3 (libvirt's system instance, virtiofsd and the staging mounts need it)"
+
+
+_T0 = time.monotonic()
+
+
+def _t(what: str) -> None:
+    if os.environ.get("POSTURE_DEBUG_TIMING"):
+        print(f"[l3 {time.monotonic() - _T0:.3f}] {what}", file=__import__("sys").stderr, flush=True)
+
+
+def _libvirt():
+    try:
+        import libvirt  # type: ignore[import-not-found]
+    except ImportError:
+        raise Unavailable("the libvirt Python binding is not installed", fix="pip install 'posture[l3]' (libvirt-python)") from None
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def _l3(settings: Any) -> dict[str, Any]:
+    return dict((getattr(settings, "backend", {}) or {}).get("l3", {}) or {})
+
+
+def uri_of(settings: Any) -> str:
+    """The libvirt connection URI: `[l3] uri`, else qemu:///system."""
+    return _l3(settings).get("uri") or DEFAULT_URI
+
+
+def connect(uri: str):
+    """Open a libvirt connection; Unavailable with the fix when libvirtd does not answer."""
+    libvirt = _libvirt()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise Unavailable(f"cannot reach libvirtd at {uri}: {exc.get_error_message()}", fix="start libvirtd (`libvirtd -d` or `systemctl start libvirtd`), or set [l3] uri") from None
+
+
+def qemu_ids(conn) -> tuple[int | None, int | None]:
+    """The uid and gid libvirt runs QEMU as (from the DAC security model), if it says."""
+    caps = conn.getCapabilities()
+    m = re.search(r"<model>dac</model>.*?<baselabel type='kvm'>\+?(\d+):\+?(\d+)</baselabel>", caps, re.S)
+    if not m:
+        m = re.search(r"<model>dac</model>.*?<baselabel[^>]*>\+?(\d+):\+?(\d+)</baselabel>", caps, re.S)
+    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+
+
+def _exposed_boot_files(k: kernel.Kernel) -> tuple[Path, Path]:
+    """Kernel and initramfs where QEMU can read them (copied/cached under /run/posture-l3/boot)."""
+    boot = EXPOSED_ROOT / "boot"
+    boot.mkdir(parents=True, exist_ok=True, mode=0o755)
+    os.chmod(EXPOSED_ROOT, 0o711)
+    os.chmod(boot, 0o755)
+    st = k.image.stat()
+    image = boot / f"vmlinuz-{k.release}-{st.st_size}-{st.st_mtime_ns}"
+    if not image.exists():
+        tmp = image.with_suffix(f".tmp{os.getpid()}")
+        shutil.copyfile(k.image, tmp)
+        tmp.chmod(0o644)
+        os.replace(tmp, image)
+    initrd = initramfs.cached(boot, k.modules, kernel.find_busybox())
+    return image, initrd
+
+
+class LibvirtSession(Session):
+    """One VM."""
+
+    def __init__(self, record: SessionRecord, view: View | None, settings: Any) -> None:
+        super().__init__(record)
+        self.view = view
+        self.settings = settings
+        self.conn = None
+        self.dom = None
+        self.mux: Mux | None = None
+        self.stage: subprocess.Popen | None = None
+        self.net: l3net.Attachment | None = None
+
+    # ------------------------------------------------------------ paths
+    @property
+    def name(self) -> str:
+        return f"posture-{self.record.id}"
+
+    def _runtime(self) -> Path:
+        return session_runtime_dir(self.record.id)
+
+    def _exposed(self) -> Path:
+        return EXPOSED_ROOT / self.record.id
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self.view is None:
+            raise InternalError("an L3 session starts from a view")
+        if os.geteuid() != 0:
+            raise Unavailable("L3 sessions need root on this host", fix=ROOT_FIX)
+        _t("start")
+        l3 = _l3(self.settings)
+        k = kernel.find_kernel(l3)
+        acc, why = accelmod.choose(k, l3.get("accel", "auto"))
+        uri = uri_of(self.settings)
+        self.conn = connect(uri)
+        _uid, gid = qemu_ids(self.conn)
+        cached_image, cached_initrd = _exposed_boot_files(k)
+        run = self._exposed()
+        if run.exists():
+            shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(parents=True, mode=0o750)
+        # per-session links: the VM keeps its files even if the cache is cleared meanwhile
+        image, initrd = run / "vmlinuz", run / "initrd"
+        os.link(cached_image, image)
+        os.link(cached_initrd, initrd)
+        if gid is not None:
+            os.chown(run, 0, gid)
+        os.chmod(run, 0o750)
+        network = l3net.wanted(self.view)
+        plan_net = l3net.prepare(self.settings, self.view) if network else None
+        self.record.data.update({
+            "uri": uri, "domain": self.name, "accel": acc, "accel_why": why, "exposed": str(run),
+            "exec_socket": str(self._runtime() / "exec.sock"), "cwd": self.view.cwd or self.view.project,
+            "kernel": str(k.image), "network": bool(network),
+        })
+        env_file = self._runtime() / "env.json"
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.view.env.env, fh)
+        _t("prepared")
+        served = virtiofs.serve(self.view, run, gid, network)
+        _t("staged")
+        self.stage = served.proc
+        self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders})
+        spec = domain.DomainSpec(
+            name=self.name, kernel=str(image), initrd=str(initrd), accel=acc,
+            memory_mib=int(l3.get("memory_mib", DEFAULT_MEMORY_MIB)), cpus=int(l3.get("cpus", DEFAULT_CPUS)),
+            root_socket=served.sockets["root"], rw_socket=served.sockets["rw"],
+            channel_socket=str(run / "exec.chan"), console_log=str(run / "console.log"), network=network,
+        )
+        libvirt = _libvirt()
+        flags = libvirt.VIR_DOMAIN_START_AUTODESTROY
+        if network:
+            flags |= libvirt.VIR_DOMAIN_START_PAUSED
+        try:
+            self.dom = self.conn.createXML(domain.xml(spec), flags)
+        except libvirt.libvirtError as exc:
+            raise Unavailable(f"libvirt could not start {self.name}: {exc.get_error_message()}", fix="see `posture doctor`") from None
+        _t("created")
+        if network:
+            assert plan_net is not None
+            self.net = l3net.attach(plan_net, self.dom, self.name)
+            self.record.data["net"] = self.net.describe()
+            self.dom.resume()
+        self.mux = Mux(spec.channel_socket, self.record.data["exec_socket"])
+        self.mux.start()
+        timeout = float(l3.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))
+        ok = self.mux.wait_ready(timeout)
+        _t("ready")
+        if not ok:
+            tail = self._console_tail()
+            raise Unavailable(f"the L3 guest did not come up within {timeout:.0f}s ({acc}){': ' + tail if tail else ''}", fix=f"see {run / 'console.log'}; raise [l3] boot_timeout or set [l3] accel")
+
+    def _console_tail(self) -> str:
+        try:
+            lines = [ln for ln in (self._exposed() / "console.log").read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return lines[-1].strip()[-200:] if lines else ""
+
+    def alive(self) -> bool:
+        """True while the VM runs (checked by the keeper)."""
+        if self.mux is not None:
+            return not self.mux.closed.is_set()
+        return True
+
+    def exec(self, argv: list[str], tty: bool) -> int:
+        path = self.record.data.get("exec_socket")
+        if not path:
+            raise Unavailable(f"session {self.record.id} has no exec channel", fix="`posture down` it and start again")
+        if self.view is not None:
+            env = self.view.env.env
+        else:
+            try:
+                env = json.loads((self._runtime() / "env.json").read_text())
+            except (OSError, ValueError):
+                raise Unavailable(f"session {self.record.id} lost its environment file", fix="`posture down` it and start again") from None
+        sock = channel.connect_unix(path, timeout=5.0)
+        try:
+            return channel.run(sock, argv, env=env, cwd=self.record.data.get("cwd") or self.record.project, tty=tty)
+        finally:
+            sock.close()
+
+    def attach(self) -> int:
+        return self.exec(["tmux", "-L", "posture", "attach", "-t", "agent"], tty=True)
+
+    def freeze(self) -> None:
+        self._domain().suspend()
+
+    def thaw(self) -> None:
+        self._domain().resume()
+
+    def _domain(self):
+        libvirt = _libvirt()
+        if self.dom is not None:
+            return self.dom
+        if self.conn is None:
+            self.conn = connect(self.record.data.get("uri") or uri_of(self.settings))
+        try:
+            self.dom = self.conn.lookupByName(self.record.data.get("domain") or self.name)
+        except libvirt.libvirtError:
+            raise Unavailable(f"the VM of session {self.record.id} is gone", fix="`posture down` it") from None
+        return self.dom
+
+    def stop(self) -> None:
+        libvirt = _libvirt()
+        data = self.record.data
+        try:
+            dom = self._domain()
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                pass
+        except Unavailable:
+            pass
+        if self.mux is not None:
+            self.mux.close()
+            self.mux = None
+        virtiofs.stop(self.stage, None if self.stage else data.get("stage_pid"))
+        self.stage = None
+        if self.net is not None:
+            self.net.release()
+            self.net = None
+        elif data.get("net"):
+            l3net.release_described(data["net"])
+        virtiofs.remove_placeholders(data.get("placeholders") or [])
+        if data.get("exposed"):
+            shutil.rmtree(data["exposed"], ignore_errors=True)
+        for name in ("exec.sock", "env.json"):
+            (self._runtime() / name).unlink(missing_ok=True)
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection
+                pass
+            self.conn = None
+            self.dom = None
+
+    def describe(self) -> dict[str, Any]:
+        out = self.record.public()
+        out["vm"] = {k: self.record.data.get(k) for k in ("domain", "accel", "uri", "network")}
+        return out
 
 
 class LibvirtBackend(Backend):
     name = "libvirt"
     level = "l3"
+    description = "a libvirt/QEMU VM with its own kernel, the view over virtio-fs"
 
-    def availability(self, settings) -> Availability:
-        return Availability(False, "the libvirt backend is not built yet", "use another level")
+    def availability(self, settings: Any) -> Availability:
+        for check in self._checks(settings, probe=False):
+            if not check.ok:
+                return Availability(False, f"{check.name}: {check.detail}", check.fix)
+        return Availability(True)
 
-    def session(self, record, view, settings):
-        raise NotImplementedError
+    def doctor(self, settings: Any) -> list[Check]:
+        return self._checks(settings, probe=True)
+
+    def _checks(self, settings: Any, probe: bool) -> list[Check]:
+        checks: list[Check] = []
+        checks.append(Check("l3 root", os.geteuid() == 0, "running as root" if os.geteuid() == 0 else "not root", "" if os.geteuid() == 0 else ROOT_FIX))
+        try:
+            _libvirt()
+            checks.append(Check("l3 libvirt-python", True, "importable"))
+        except Unavailable as exc:
+            checks.append(Check("l3 libvirt-python", False, exc.message, exc.fix or ""))
+            return checks
+        uri = uri_of(settings)
+        try:
+            conn = connect(uri)
+            try:
+                caps = conn.getDomainCapabilities(None, "x86_64", "q35", "qemu")
+                memfd = "memfd" in caps
+                ver = conn.getLibVersion()
+            finally:
+                conn.close()
+            checks.append(Check("l3 libvirtd", True, f"{uri} answers (libvirt {ver // 1000000}.{ver // 1000 % 1000})"))
+            checks.append(Check("l3 shared memory", memfd, "memfd memory backing supported" if memfd else "memfd memory backing not offered", "" if memfd else "use libvirt >= 6.0 and QEMU >= 4.0"))
+        except Unavailable as exc:
+            checks.append(Check("l3 libvirtd", False, exc.message, exc.fix or ""))
+        except Exception as exc:  # noqa: BLE001 - any libvirt failure is a failed check
+            checks.append(Check("l3 libvirtd", False, str(exc), "check libvirtd's log"))
+        try:
+            checks.append(Check("l3 virtiofsd", True, virtiofs.find_virtiofsd()))
+        except Unavailable as exc:
+            checks.append(Check("l3 virtiofsd", False, exc.message, exc.fix or ""))
+        k = None
+        try:
+            k = kernel.find_kernel(_l3(settings))
+            initramfs.resolve_modules(k.modules, ("virtio_pci", "virtiofs", "virtio_console")) if probe else None
+            checks.append(Check("l3 kernel", True, f"{k.image} ({k.source}), modules {k.modules}"))
+        except Unavailable as exc:
+            checks.append(Check("l3 kernel", False, exc.message, exc.fix or ""))
+        try:
+            checks.append(Check("l3 busybox", True, str(kernel.find_busybox())))
+        except Unavailable as exc:
+            checks.append(Check("l3 busybox", False, exc.message, exc.fix or ""))
+        if probe:
+            wanted = _l3(settings).get("accel", "auto")
+            if k is None:
+                checks.append(Check("l3 accelerator", False, "unknown (no kernel to probe with)", kernel.SETUP_FIX))
+            elif wanted != "auto" or not accelmod.kvm_present():
+                acc, why = accelmod.choose(k, wanted)
+                checks.append(Check("l3 accelerator", True, f"{acc}: {why}"))
+            else:
+                known = accelmod.remembered(k)
+                if known is None:
+                    checks.append(Check("l3 accelerator", True, "KVM not probed yet (the first L3 session probes it, or `posture setup --l3-kernel`)"))
+                else:
+                    acc, why = accelmod.choose(k, wanted)
+                    checks.append(Check("l3 accelerator", True, f"{acc}: {why}"))
+            checks.extend(l3net.doctor(settings))
+        return checks
+
+    def setup(self, settings: Any, options: dict[str, Any]) -> list[str]:
+        done: list[str] = []
+        if options.get("l3_kernel"):
+            if os.geteuid() != 0:
+                raise Unavailable("fetching the L3 kernel needs root (apt-get download)", fix="run `sudo posture setup --l3-kernel`")
+            done += kernel.fetch_kernel()
+            k = kernel.find_kernel(_l3(settings))
+            if accelmod.kvm_present() and _l3(settings).get("accel", "auto") == "auto":
+                accelmod.cache_file().unlink(missing_ok=True)
+                acc, why = accelmod.choose(k)
+                done.append(f"L3 accelerator: {acc} ({why})")
+        return done
+
+    def teardown(self, settings: Any) -> list[str]:
+        done = []
+        if (kernel.assets_dir()).exists():
+            shutil.rmtree(kernel.assets_dir(), ignore_errors=True)
+            done.append(f"removed {kernel.assets_dir()}")
+        return done
+
+    def session(self, record: SessionRecord, view: Any, settings: Any) -> Session:
+        return LibvirtSession(record, view, settings)
 
 
 @hookimpl
 def posture_backends() -> list[Backend]:
     """The L3 backend."""
     return [LibvirtBackend()]
+
+
+@hookimpl
+def posture_commands(app) -> None:
+    """`posture l3 probe-accel`: forget and re-probe whether KVM works here."""
+    import typer
+
+    l3app = typer.Typer(help="L3 (libvirt VM) helpers.")
+
+    @l3app.command("probe-accel")
+    def probe_accel() -> None:
+        """Re-probe whether KVM boots guests here (else TCG) and remember the answer."""
+        from ..config import load_settings
+
+        settings = load_settings(Path.cwd())
+        k = kernel.find_kernel(_l3(settings))
+        accelmod.cache_file().unlink(missing_ok=True)
+        acc, why = accelmod.choose(k)
+        typer.echo(f"{acc}: {why}")
+
+    app.add_typer(l3app, name="l3")
+
+
+_ = (paths, time)

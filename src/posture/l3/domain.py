@@ -1,0 +1,87 @@
+"""The transient libvirt domain of one L3 session, as XML.
+
+q35 with direct kernel boot (libvirt 9.0 here has no microvm type), memfd shared memory
+(vhost-user virtio-fs needs it), two virtio-fs shares whose virtiofsd posture starts itself,
+a virtio-serial channel to a unix socket for the exec agent, optional user-mode networking,
+and nothing else: no disks, no graphics, no USB, no balloon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from xml.sax.saxutils import escape, quoteattr
+
+from .virtiofs import CHANNEL_NAME
+
+CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init tsc=reliable no_timer_check noreplace-smp cryptomgr.notests i8042.noaux i8042.nokbd i8042.nopnp"
+
+
+@dataclass
+class DomainSpec:
+    """Everything the XML needs."""
+
+    name: str
+    kernel: str
+    initrd: str
+    accel: str  # "kvm" or "tcg"
+    memory_mib: int
+    cpus: int
+    root_socket: str
+    rw_socket: str
+    channel_socket: str
+    console_log: str
+    network: bool
+    cmdline: str = CMDLINE
+
+
+def xml(spec: DomainSpec) -> str:
+    """The domain XML for `spec`."""
+    a = quoteattr
+    cpu = "<cpu mode='host-passthrough'/>" if spec.accel == "kvm" else ""
+    net = (
+        "<interface type='user'><model type='virtio'/><rom enabled='no'/></interface>" if spec.network else ""
+    )
+    return f"""<domain type={a('kvm' if spec.accel == 'kvm' else 'qemu')}>
+  <name>{escape(spec.name)}</name>
+  <memory unit='MiB'>{spec.memory_mib}</memory>
+  <vcpu>{spec.cpus}</vcpu>
+  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{escape(spec.kernel)}</kernel>
+    <initrd>{escape(spec.initrd)}</initrd>
+    <cmdline>{escape(spec.cmdline)}</cmdline>
+  </os>
+  <features><acpi/></features>
+  {cpu}
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <filesystem type='mount'>
+      <driver type='virtiofs' queue='1024'/>
+      <source socket={a(spec.root_socket)}/>
+      <target dir='root'/>
+    </filesystem>
+    <filesystem type='mount'>
+      <driver type='virtiofs' queue='1024'/>
+      <source socket={a(spec.rw_socket)}/>
+      <target dir='rw'/>
+    </filesystem>
+    <controller type='usb' model='none'/>
+    <controller type='virtio-serial' index='0'/>
+    <channel type='unix'>
+      <source mode='bind' path={a(spec.channel_socket)}/>
+      <target type='virtio' name={a(CHANNEL_NAME)}/>
+    </channel>
+    <serial type='file'>
+      <source path={a(spec.console_log)}/>
+      <target port='0'/>
+    </serial>
+    {net}
+    <video><model type='none'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""

@@ -1,0 +1,199 @@
+"""Build the L3 guest's initramfs in Python: a newc cpio with busybox, a few modules and an init.
+
+The init is generic (one image per kernel, cached): it loads the modules in dependency
+order, mounts the `root` virtio-fs share read-only at /newroot and the `rw` share at
+/newroot/.posture-guest/rw, then runs the session's own `/.posture-guest/setup.sh` from the
+share (binds, tmpfs, network) and switches root into the exec agent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+from ..errors import Unavailable
+
+# What the guest needs, in the order the modules must load (dependencies are added first).
+MODULES: tuple[str, ...] = (
+    "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
+    "virtio_console", "fuse", "virtiofs", "failover", "net_failover", "virtio_net",
+)
+BUSYBOX_APPLETS = ("sh", "mount", "mkdir", "insmod", "switch_root", "cat", "ip", "ln", "touch", "echo", "sleep", "usleep", "seq", "poweroff")
+
+INIT = r"""#!/bin/sh
+export PATH=/bin
+mount -t devtmpfs dev /dev
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for m in $(cat /modules.order); do insmod /lib/modules/$m.ko || echo "posture-init: insmod $m failed"; done
+mkdir -p /newroot
+mount -t virtiofs -o ro root /newroot || { echo "posture-init: cannot mount the root share"; poweroff -f; }
+mount -t virtiofs rw /newroot/.posture-guest/rw || { echo "posture-init: cannot mount the rw share"; poweroff -f; }
+. /newroot/.posture-guest/setup.sh
+echo "posture-init: setup failed"
+poweroff -f
+"""
+
+TRIVIAL_INIT = r"""#!/bin/sh
+echo posture-probe-ok
+/bin/poweroff -f
+"""
+
+
+def _module_index(modules: Path) -> dict[str, Path]:
+    """Module name (with '-' as '_') -> file, for every .ko[.xz|.zst] under `modules`."""
+    index: dict[str, Path] = {}
+    for dirpath, _dirs, files in os.walk(modules / "kernel"):
+        for name in files:
+            m = re.match(r"^(.*)\.ko(\.xz|\.zst|\.gz)?$", name)
+            if m:
+                index.setdefault(m.group(1).replace("-", "_"), Path(dirpath) / name)
+    return index
+
+
+def _read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        return lzma.decompress(data)
+    if path.suffix == ".gz":
+        return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+    if path.suffix == ".zst":
+        if not shutil.which("zstd"):
+            raise Unavailable(f"{path} is zstd-compressed and zstd is not installed", fix="apt-get install zstd")
+        return subprocess.run(["zstd", "-dc", str(path)], check=True, capture_output=True).stdout
+    return data
+
+
+def _depends(blob: bytes) -> list[str]:
+    """The `depends=` entry of a module's .modinfo section."""
+    m = re.search(rb"(?:^|\x00)depends=([^\x00]*)\x00", blob)
+    if not m or not m.group(1):
+        return []
+    return [d.decode().replace("-", "_") for d in m.group(1).split(b",") if d]
+
+
+def resolve_modules(modules: Path, wanted: tuple[str, ...] = MODULES) -> list[tuple[str, bytes]]:
+    """`wanted` plus their dependencies, dependencies first, as (name, uncompressed .ko)."""
+    index = _module_index(modules)
+    order: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in seen:
+            return
+        path = index.get(name)
+        if path is None:
+            builtin = modules / "modules.builtin"
+            if builtin.exists() and re.search(rf"/{re.escape(name)}\.ko$", builtin.read_text().replace("-", "_"), re.M):
+                seen.add(name)
+                return
+            if name in ("failover", "net_failover"):  # only some kernels split these out
+                seen.add(name)
+                return
+            raise Unavailable(f"kernel module {name} not found under {modules} (needed by {' <- '.join(chain) or 'the guest'})", fix="use a kernel with virtio and virtiofs support (Debian's linux-image-cloud-amd64)")
+        blob = _read_module(path)
+        seen.add(name)
+        for dep in _depends(blob):
+            visit(dep, (*chain, name))
+        order.append((name, blob))
+
+    for name in wanted:
+        visit(name, ())
+    return order
+
+
+class Cpio:
+    """A newc-format cpio archive written in memory."""
+
+    def __init__(self) -> None:
+        self.out = io.BytesIO()
+        self.ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", nlink: int = 1) -> None:
+        encoded = name.encode() + b"\0"
+        header = "070701" + "".join(
+            f"{v:08x}" for v in (self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+        )
+        self.ino += 1
+        self.out.write(header.encode() + encoded)
+        self.out.write(b"\0" * (-(110 + len(encoded)) % 4))
+        self.out.write(data)
+        self.out.write(b"\0" * (-len(data) % 4))
+
+    def directory(self, name: str, mode: int = 0o755) -> None:
+        """Add a directory."""
+        self._entry(name, 0o040000 | mode, nlink=2)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        """Add a regular file."""
+        self._entry(name, 0o100000 | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        """Add a symbolic link."""
+        self._entry(name, 0o120000 | 0o777, target.encode())
+
+    def node(self, name: str, mode: int, major: int, minor: int) -> None:
+        """Add a device node."""
+        encoded = name.encode() + b"\0"
+        header = "070701" + "".join(
+            f"{v:08x}" for v in (self.ino, mode, 0, 0, 1, 0, 0, 0, 0, major, minor, len(encoded), 0)
+        )
+        self.ino += 1
+        self.out.write(header.encode() + encoded)
+        self.out.write(b"\0" * (-(110 + len(encoded)) % 4))
+
+    def finish(self) -> bytes:
+        """Close the archive and return its bytes."""
+        self._entry("TRAILER!!!", 0, nlink=1)
+        data = self.out.getvalue()
+        return data + b"\0" * (-len(data) % 512)
+
+
+def build(modules: Path, busybox: Path, init: str = INIT, wanted: tuple[str, ...] = MODULES) -> bytes:
+    """The initramfs image (uncompressed newc cpio) for a kernel's `modules` tree."""
+    cpio = Cpio()
+    for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"):
+        cpio.directory(d)
+    cpio.node("dev/console", 0o020000 | 0o600, 5, 1)
+    cpio.node("dev/null", 0o020000 | 0o666, 1, 3)
+    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    for applet in BUSYBOX_APPLETS:
+        cpio.symlink(f"bin/{applet}", "busybox")
+    names = []
+    for name, blob in (resolve_modules(modules, wanted) if wanted else []):
+        cpio.file(f"lib/modules/{name}.ko", blob)
+        names.append(name)
+    cpio.file("modules.order", ("\n".join(names) + "\n").encode())
+    cpio.file("init", init.encode(), 0o755)
+    return cpio.finish()
+
+
+def cache_key(modules: Path, busybox: Path, init: str, wanted: tuple[str, ...]) -> str:
+    """A key that changes when anything that goes into the image changes."""
+    h = hashlib.sha256()
+    for p in (modules, busybox):
+        st = p.stat()
+        h.update(f"{p}:{st.st_mtime_ns}:{st.st_size}\n".encode())
+    h.update(init.encode())
+    h.update(",".join(wanted).encode())
+    return h.hexdigest()[:16]
+
+
+def cached(dest_dir: Path, modules: Path, busybox: Path, init: str = INIT, wanted: tuple[str, ...] = MODULES) -> Path:
+    """The initramfs for these inputs under `dest_dir`, built once and reused."""
+    key = cache_key(modules, busybox, init, wanted)
+    path = dest_dir / f"initrd-{key}.cpio"
+    if not path.exists():
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(build(modules, busybox, init, wanted))
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    return path

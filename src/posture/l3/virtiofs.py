@@ -1,0 +1,291 @@
+"""Export a View to an L3 guest over virtio-fs: stage it in a private mount namespace and serve it.
+
+Two shares, each served by its own virtiofsd started by posture (libvirt takes the sockets):
+- `root`: a read-only tree holding exactly the view's system paths and generated files,
+  plus the guest's agent and per-session setup script under /.posture-guest;
+- `rw`: the project (read-write, with the protected paths bound read-only and the denied
+  ones hidden, all on the host side, so root in the guest cannot undo it) and every extra
+  bind of the view (agent state read-write, credential files read-only) under b/N.
+The guest's init mounts both and makes the binds; its /tmp and home are guest-local tmpfs.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..channel import GUEST_DIR as AGENT_SRC
+from ..errors import Unavailable
+from ..view import View
+
+GUEST = "/.posture-guest"
+VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
+PLACEHOLDER_DIRS = {"hooks", "info", ".vscode", ".idea", ".cursor", ".claude", ".git"}
+CHANNEL_NAME = "org.posture.exec"
+GUEST_IP, GUEST_GW = "10.0.2.15/24", "10.0.2.2"
+STAGE_SCRIPT = Path(__file__).with_name("stage.py")
+
+
+def find_virtiofsd() -> str:
+    """Path of virtiofsd; Unavailable when missing."""
+    for path in VIRTIOFSD_PATHS:
+        if os.access(path, os.X_OK):
+            return path
+    raise Unavailable("virtiofsd not found (looked in " + ", ".join(VIRTIOFSD_PATHS) + ")", fix="apt-get install qemu-system-x86 (Debian 12) or virtiofsd")
+
+
+def _depth(path: str) -> int:
+    return path.rstrip("/").count("/")
+
+
+@dataclass
+class Plan:
+    """The staging ops, the guest's setup script, and host placeholders made for protected paths."""
+
+    ops: list[dict] = field(default_factory=list)
+    setup_sh: str = ""
+    placeholders: list[str] = field(default_factory=list)
+
+
+def _placeholder(path: Path, project: Path, made: list[str]) -> Path | None:
+    """Create a protected path that does not exist yet (its topmost missing ancestor), so it can be bound read-only."""
+    top = path
+    while not top.parent.exists() and top.parent != project:
+        top = top.parent
+    if top.is_symlink() or top.exists():
+        return top
+    if top.name in PLACEHOLDER_DIRS or top != path:
+        top.mkdir(mode=0o755)
+    else:
+        top.touch(mode=0o644)
+    made.append(str(top))
+    return top
+
+
+def plan(view: View, stage: Path, network: bool) -> Plan:
+    """Translate `view` into staging ops under `stage` and the guest's setup script."""
+    out = Plan()
+    ops = out.ops
+    root, rw = str(stage / "root"), str(stage / "rw")
+    project = Path(view.project)
+
+    # ---- root share: a tmpfs with mount points, the system paths bound read-only, generated files
+    ops.append({"op": "tmpfs", "path": root, "size": "8m"})
+    mountpoints = ["/proc", "/sys", "/dev", "/tmp", "/run", f"{GUEST}/rw", view.home, view.project]
+    mountpoints += [b.target for b in view.binds if not _under(b.target, view.home)]
+    for mp in sorted(set(mountpoints), key=_depth):
+        if not any(_under(mp, s) for s in view.system_ro):
+            ops.append({"op": "mkdir", "path": root + mp})
+    for path in sorted(view.system_ro, key=_depth):
+        if os.path.islink(path):
+            ops.append({"op": "symlink", "path": root + path, "target": os.readlink(path)})
+        elif os.path.isdir(path):
+            ops += [{"op": "mkdir", "path": root + path}, {"op": "bind", "src": path, "dst": root + path, "ro": True}]
+        elif os.path.exists(path):
+            ops += [{"op": "touch", "path": root + path}, {"op": "bind", "src": path, "dst": root + path, "ro": True}]
+    for target, data in view.files.items():
+        ops.append({"op": "write", "path": root + target, "data": data, "mode": 0o644})
+    for name in ("agent.py", "wire.py"):
+        ops.append({"op": "write", "path": f"{root}{GUEST}/{name}", "data": (AGENT_SRC / name).read_text(), "mode": 0o644})
+
+    # ---- rw share: the project with its protected paths, and every extra bind
+    ops.append({"op": "tmpfs", "path": rw, "size": "1m"})
+    ops += [{"op": "mkdir", "path": f"{rw}/project"}, {"op": "bind", "src": view.project, "dst": f"{rw}/project", "ro": False}]
+    ops += [{"op": "mkdir", "path": f"{rw}/empty"}, {"op": "touch", "path": f"{rw}/empty.file"}]
+    for protected in sorted(set(view.protected), key=_depth):
+        p = Path(protected)
+        if not _under(protected, view.project):
+            continue  # outside the project the guest cannot see it at all
+        if not os.path.lexists(p):
+            made = _placeholder(p, project, out.placeholders)
+            if made is None:
+                continue
+            p = made
+        if p.is_symlink():
+            continue  # a symlink cannot be a mount point; the path it names is outside the view
+        rel = os.path.relpath(p, project)
+        ops.append({"op": "bind", "src": f"{rw}/project/{rel}", "dst": f"{rw}/project/{rel}", "ro": True})
+    for denied in view.denied:
+        p = Path(denied)
+        if not _under(denied, view.project) or not os.path.lexists(p) or p.is_symlink():
+            continue
+        rel = os.path.relpath(p, project)
+        src = f"{rw}/empty" if p.is_dir() else f"{rw}/empty.file"
+        ops.append({"op": "bind", "src": src, "dst": f"{rw}/project/{rel}", "ro": True})
+    guest_binds: list[tuple[str, str, bool, bool]] = []  # (source in share, target, is_dir, ro)
+    for i, b in enumerate(view.binds):
+        if not os.path.exists(b.source):
+            continue
+        is_dir = os.path.isdir(b.source)
+        dst = f"{rw}/b/{i}"
+        ops.append({"op": "mkdir" if is_dir else "touch", "path": dst})
+        ops.append({"op": "bind", "src": b.source, "dst": dst, "ro": not b.writable})
+        guest_binds.append((f"{GUEST}/rw/b/{i}", b.target, is_dir, not b.writable))
+    ops.append({"op": "remount_ro", "path": rw})
+
+    out.setup_sh = _setup_script(view, guest_binds, network)
+    ops.append({"op": "write", "path": f"{root}{GUEST}/setup.sh", "data": out.setup_sh, "mode": 0o755})
+    ops.append({"op": "remount_ro", "path": root})
+    return out
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _setup_script(view: View, binds: list[tuple[str, str, bool, bool]], network: bool) -> str:
+    q = shlex.quote
+    lines = [
+        "# generated by posture for this session; sourced by the initramfs init",
+        "R=/newroot",
+        "mount -t proc -o nosuid,nodev,noexec proc $R/proc",
+        "mount -t sysfs -o nosuid,nodev,noexec sys $R/sys",
+        "mount -t devtmpfs -o nosuid dev $R/dev",
+        "mkdir -p $R/dev/pts $R/dev/shm",
+        "mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts",
+        "mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs $R/dev/shm",
+        "mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs $R/tmp",
+        "mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs $R/run",
+    ]
+    mounts: list[tuple[str, str]] = [(view.home, f"mount -t tmpfs -o nosuid,nodev,mode=700,uid={view.uid},gid={view.gid} tmpfs $R{q(view.home)}")]
+    for src, target, is_dir, ro in binds:
+        make = f"mkdir -p $R{q(target)}" if is_dir else f"mkdir -p $R{q(os.path.dirname(target))} && touch $R{q(target)}"
+        cmd = f"{make} && mount -o bind $R{q(src)} $R{q(target)}"
+        if ro:
+            cmd += f" && mount -o remount,bind,ro $R{q(target)}"
+        mounts.append((target, cmd))
+    mounts.append((view.project, f"mkdir -p $R{q(view.project)} && mount -o bind $R{GUEST}/rw/project $R{q(view.project)}"))
+    for _target, cmd in sorted(mounts, key=lambda m: _depth(m[0])):
+        lines.append(cmd + " || echo \"posture-init: mount failed: $?\"")
+    lines.append("ip link set lo up")
+    if network:
+        lines += [
+            "ip link set eth0 up 2>/dev/null && ip addr add " + GUEST_IP + " dev eth0 && ip route add default via " + GUEST_GW,
+        ]
+    lines += [
+        "DEV=",
+        "for i in $(seq 200); do",
+        "  for p in /sys/class/virtio-ports/*; do",
+        f"    [ \"$(cat $p/name 2>/dev/null)\" = {CHANNEL_NAME} ] && DEV=/dev/${{p##*/}}",
+        "  done",
+        "  [ -n \"$DEV\" ] && [ -e \"$DEV\" ] && break",
+        "  usleep 10000",
+        "done",
+        "[ -n \"$DEV\" ] || echo \"posture-init: no exec channel\"",
+        f"exec switch_root $R /usr/bin/python3 -I -S {GUEST}/agent.py --device $DEV",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Served:
+    """The staging process and what it serves."""
+
+    proc: subprocess.Popen
+    sockets: dict[str, str]
+    placeholders: list[str]
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def serve(view: View, run_dir: Path, socket_group: int | None, network: bool, timeout: float = 10.0) -> Served:
+    """Stage `view` and start one virtiofsd per share; return once both sockets exist."""
+    virtiofsd = find_virtiofsd()
+    stage = run_dir / "stage"
+    for sub in ("root", "rw"):
+        (stage / sub).mkdir(parents=True, exist_ok=True)
+    p = plan(view, stage, network)
+    group_args = []
+    if socket_group is not None:
+        try:
+            group_args = [f"--socket-group={grp.getgrgid(socket_group).gr_name}"]
+        except KeyError:
+            group_args = []
+    sockets = {"root": str(run_dir / "root.sock"), "rw": str(run_dir / "rw.sock")}
+    for s in sockets.values():
+        Path(s).unlink(missing_ok=True)
+    daemons = [
+        {
+            "argv": [virtiofsd, f"--socket-path={sockets['root']}", *group_args, "-o", f"source={stage / 'root'}",
+                     "-o", "cache=always", "-o", "log_level=warn", "-o", "no_posix_lock", "--thread-pool-size=4"],
+            "socket": sockets["root"], "log": str(run_dir / "virtiofsd-root.log"),
+        },
+        {
+            "argv": [virtiofsd, f"--socket-path={sockets['rw']}", *group_args, "-o", f"source={stage / 'rw'}",
+                     "-o", "cache=auto", "-o", "log_level=warn", "-o", "no_posix_lock", "--thread-pool-size=4"],
+            "socket": sockets["rw"], "log": str(run_dir / "virtiofsd-rw.log"),
+        },
+    ]
+    spec = run_dir / "stage.json"
+    spec.write_text(json.dumps({"ops": p.ops, "daemons": daemons}))
+    (run_dir / "placeholders.json").write_text(json.dumps(p.placeholders))
+    err = open(run_dir / "stage.log", "wb")
+    proc = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "--", sys.executable, "-I", "-S", str(STAGE_SCRIPT), str(spec)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, preexec_fn=_die_with_parent, close_fds=True,
+    )
+    err.close()
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline().strip() if ready else b""
+    if line != b"ready":
+        proc.kill()
+        proc.wait()
+        detail = (run_dir / "stage.log").read_text(errors="replace").strip().splitlines()
+        remove_placeholders(p.placeholders)
+        raise Unavailable(f"staging the view for virtio-fs failed: {detail[-1] if detail else 'no output'}", fix=f"see {run_dir}/stage.log and virtiofsd-*.log")
+    for s in sockets.values():
+        if socket_group is not None:
+            os.chmod(s, 0o660)
+    return Served(proc, sockets, p.placeholders)
+
+
+def remove_placeholders(placeholders: list[str]) -> None:
+    """Remove the protected-path placeholders made at start, when they are still empty."""
+    for path in reversed(placeholders):
+        p = Path(path)
+        try:
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()
+            elif p.is_file() and p.stat().st_size == 0:
+                p.unlink()
+        except OSError:
+            pass
+
+
+def stop(proc: subprocess.Popen | None, pid: int | None = None) -> None:
+    """Stop the staging process (and with it both virtiofsd)."""
+    if proc is not None:
+        pid = proc.pid
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return
+        if proc is None and not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc is not None:
+        proc.wait()
