@@ -197,3 +197,16 @@ def test_escalation_starts_from_the_lower_sessions_checkpoint(l4, make_repo) -> 
     proc = l4.python(ESCALATE, str(repo))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["uncommitted work of the lower level", "code 0 True"], proc.stdout
+
+
+def test_project_outside_git_goes_and_comes_back(l4, tmp_path: Path) -> None:
+    l4.enroll()
+    project = tmp_path / "plain-dir"
+    project.mkdir()
+    (project / "readme.txt").write_text("not in git\n")
+    proc = l4.posture("exec", "--level", "l4", "--", "sh", "-c", "cat readme.txt && echo remote > out.txt", cwd=project)
+    assert proc.returncode == 0 and proc.stdout == "not in git\n", proc.stderr
+    sid = session_ids(l4)[-1]
+    proc = l4.posture("pull", "--session", sid, cwd=project)
+    assert proc.returncode == 0 and "out.txt" in proc.stdout, proc.stderr
+    assert sorted(p.name for p in project.iterdir()) == ["readme.txt"]  # nothing written into the directory
