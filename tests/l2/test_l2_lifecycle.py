@@ -172,6 +172,20 @@ def test_detached_session_exec_freeze_and_down(l2: L2) -> None:
         assert cgroups.populated(box)
         st = json.loads(l2.posture("status", "--json").stdout)
         assert [s["level"] for s in st if s["id"] == sid] == ["l2"]
+        # freeze and thaw through the backend, as the user (escalation freezes the lower session)
+        events = cgroups.path_of(box) / "cgroup.events"
+        snippet = (
+            "import sys; from posture import runner; from posture.session import SessionStore; "
+            f"s = runner.reopen(SessionStore().get({sid!r})); s.freeze(); print(open({str(events)!r}).read()); "
+            f"s.thaw(); print(open({str(events)!r}).read())"
+        )
+        venv_python = str(Path(os.path.realpath("/usr/local/bin/posture")).parent / "python")
+        r = subprocess.run(["runuser", "-u", "posture-test", "--", "env", "-i", *[f"{k}={v}" for k, v in l2.env().items()],
+                            venv_python, "-c", snippet], capture_output=True, text=True, cwd=str(project))
+        assert r.returncode == 0, r.stderr
+        frozen, thawed = r.stdout.split("\n\n", 1)
+        assert "frozen 1" in frozen and "frozen 0" in thawed, r.stdout
+        assert l2.posture("exec", "--session", sid, "--", "true").returncode == 0
     finally:
         r = l2.posture("down", "--session", sid)
     assert r.returncode == 0, r.stderr
