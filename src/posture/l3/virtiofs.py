@@ -31,7 +31,8 @@ GUEST = "/.posture-guest"
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
 PLACEHOLDER_DIRS = {"hooks", "info", ".vscode", ".idea", ".cursor", ".claude", ".git"}
 CHANNEL_NAME = "org.posture.exec"
-GUEST_IP, GUEST_GW = "10.0.2.15/24", "10.0.2.2"
+GUEST_IP, GUEST_GW = "10.0.2.15/24", "10.0.2.2"  # QEMU user-mode networking's defaults
+GUEST_IP6, GUEST_GW6 = "fec0::15/64", "fec0::2"
 STAGE_SCRIPT = Path(__file__).with_name("stage.py")
 
 
@@ -170,6 +171,7 @@ def _setup_script(view: View, binds: list[tuple[str, str, bool, bool]], network:
     if network:
         lines += [
             "ip link set eth0 up 2>/dev/null && ip addr add " + GUEST_IP + " dev eth0 && ip route add default via " + GUEST_GW,
+            "ip -6 addr add " + GUEST_IP6 + " dev eth0 nodad 2>/dev/null && ip -6 route add default via " + GUEST_GW6 + " 2>/dev/null",
         ]
     lines += [
         "DEV=",
