@@ -221,6 +221,13 @@ class Daemon:
 
         self.cg.create(self.net, self.mount)
         self.cg.create(self.boxes, self.mount)
+        for parent in (self.net, self.boxes):  # empty leftovers of a helper that did not stop cleanly
+            for child in self.cg.path_of(parent, self.mount).iterdir():
+                if child.is_dir():
+                    try:
+                        child.rmdir()
+                    except OSError:
+                        pass
         text = nft.ruleset(self.table, self.cg.nft_path(self.net, self.mount), self.cg.level(self.net), self.blocked, _resolvers())
         with self.nft_lock:
             nft.load(text)

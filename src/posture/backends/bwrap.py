@@ -272,9 +272,20 @@ class BwrapSession(Session):
     # -------------------------------------------------------------- exec / attach
     def exec(self, argv: list[str], tty: bool) -> int:
         """Run `argv` in the sandbox through the exec agent."""
-        from .. import channel
+        import socket
 
-        sock = channel.connect_unix(self.data["socket"], timeout=15.0)
+        from .. import channel
+        from ..errors import Unavailable
+
+        # The host bound the agent's socket before bwrap started, so a refused connection
+        # means the sandbox is gone (an agent still booting just has not accepted yet).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(self.data["socket"])
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"session {self.record.id}'s sandbox is not running ({exc.strerror})",
+                              fix=f"`posture down --session {self.record.id}` and start a new one") from None
         try:
             return channel.run(sock, list(argv), env=None, cwd=self.data.get("cwd") or self.record.project, tty=tty)
         finally:
