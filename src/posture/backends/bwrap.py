@@ -242,7 +242,11 @@ class BwrapSession(Session):
         except (ValueError, KeyError):
             self._abort(None)
             err = (runtime / "bwrap.log").read_text(errors="replace").strip()
-            raise Unavailable(f"bwrap could not start the sandbox: {err or 'no child pid reported'}", fix="see `posture doctor` (unprivileged user namespaces must be allowed)")
+            fix = "see `posture doctor` (unprivileged user namespaces must be allowed)"
+            if _read_int("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == 1:
+                fix = ("AppArmor restricts unprivileged user namespaces: allow them for bwrap with an AppArmor profile granting `userns,` "
+                       "to /usr/bin/bwrap, or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
+            raise Unavailable(f"bwrap could not start the sandbox: {err or 'no child pid reported'}", fix=fix)
         self.data["child_pid"] = child
         try:
             answer = netd.request(sock_path, {
@@ -405,10 +409,6 @@ class BwrapBackend(Backend):
             return Availability(False, "slirp4netns is not installed", "apt-get install slirp4netns")
         if not os.access(PYTHON, os.X_OK):
             return Availability(False, f"{PYTHON} is missing (the in-sandbox exec agent runs on it)", "apt-get install python3")
-        restrict = _read_int("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
-        if restrict == 1 and os.geteuid() != 0:
-            return Availability(False, "AppArmor forbids unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)",
-                                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or install an AppArmor profile allowing userns for /usr/bin/bwrap")
         sock = netd.socket_path(settings)
         if not os.path.exists(sock):
             return Availability(False, f"the network helper is not running (no socket at {sock})", "as root run `posture setup`")
@@ -426,19 +426,22 @@ class BwrapBackend(Backend):
         restrict = _read_int("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
         clone = _read_int("/proc/sys/kernel/unprivileged_userns_clone")
         max_ns = _read_int("/proc/sys/user/max_user_namespaces")
-        if restrict == 1:
-            checks.append(Check("user namespaces", False, "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)",
-                                "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (persist in /etc/sysctl.d), or an AppArmor profile with `userns,` for /usr/bin/bwrap"))
-        elif clone == 0:
+        if clone == 0:
             checks.append(Check("user namespaces", False, "kernel.unprivileged_userns_clone=0", "sysctl -w kernel.unprivileged_userns_clone=1"))
         elif max_ns == 0:
             checks.append(Check("user namespaces", False, "user.max_user_namespaces=0", "sysctl -w user.max_user_namespaces=15000"))
         elif bwrap:
+            # The real test: AppArmor's restriction (Ubuntu 23.10+) may or may not cover bwrap.
             proc = subprocess.run([bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--ro-bind", "/", "/", "--", "/bin/true"],
                                   capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-            checks.append(Check("user namespaces", proc.returncode == 0,
-                                "bwrap can create its namespaces" if proc.returncode == 0 else f"bwrap failed: {proc.stderr.strip()}",
-                                "allow unprivileged user namespaces (see the sysctls kernel.unprivileged_userns_clone, user.max_user_namespaces)"))
+            fix = "allow unprivileged user namespaces (see the sysctls kernel.unprivileged_userns_clone, user.max_user_namespaces)"
+            if restrict == 1:
+                fix = ("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1): install an AppArmor "
+                       "profile granting `userns,` to /usr/bin/bwrap, or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (persist in /etc/sysctl.d)")
+            detail = "bwrap can create its namespaces" if proc.returncode == 0 else f"bwrap failed: {proc.stderr.strip()}"
+            if restrict == 1 and proc.returncode == 0:
+                detail += " (AppArmor's userns restriction is on, and bwrap is allowed)"
+            checks.append(Check("user namespaces", proc.returncode == 0, detail, fix))
         try:
             seccomp.build()
             checks.append(Check("seccomp filter", True, "built for this architecture"))
