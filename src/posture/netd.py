@@ -243,6 +243,10 @@ class Daemon:
 
     # -------------------------------------------------------------- requests
     def handle(self, conn: socket.socket) -> None:
+        with conn:
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             _peer_pid, uid, _gid = struct.unpack("3i", creds)
@@ -274,8 +278,6 @@ class Daemon:
             conn.sendall(json.dumps(answer).encode() + b"\n")
         except OSError:
             pass
-        finally:
-            conn.close()
 
     def op_status(self) -> dict[str, Any]:
         ok, detail, current = self.verify()

@@ -201,7 +201,7 @@ class BwrapSession(Session):
         listener.listen(16)
         self.data["socket"] = str(agent_sock)
 
-        filt_r, filt_w = os.pipe()
+        filt_r, filt_w = os.pipe2(os.O_CLOEXEC)
         filt = seccomp.build()
         os.write(filt_w, filt)  # a few hundred bytes: fits in the pipe buffer
         os.close(filt_w)
