@@ -14,6 +14,9 @@ from posture.l4 import tailscale
 from l4.vps import STANDIN_BIN
 
 
+pytestmark = pytest.mark.l4
+
+
 def standin_status(tmp_path: Path, scenario: dict) -> dict:
     state = tmp_path / "ts.json"
     state.write_text(json.dumps(scenario))

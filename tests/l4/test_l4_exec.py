@@ -13,6 +13,9 @@ import pytest
 from l4.vps import LOGIN_ENV_DIR
 
 
+pytestmark = pytest.mark.l4
+
+
 @pytest.mark.parametrize("code", [0, 1, 42])
 def test_exit_codes_and_separate_streams(l4, make_repo, code: int) -> None:
     l4.enroll()
@@ -110,7 +113,7 @@ def test_only_posture_identity_and_no_ssh_config_are_used(l4, make_repo) -> None
 
 
 def _start(l4, repo: Path, *argv: str) -> subprocess.Popen:
-    from conftest import posture_bin
+    from l4.l4env import posture_bin
 
     return subprocess.Popen(["ip", "netns", "exec", l4.net.gw, posture_bin(), "exec", "--level", "l4", "--", *argv],
                             cwd=repo, env=l4.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

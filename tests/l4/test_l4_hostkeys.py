@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from posture.l4.hostkeys import HostKey
+
+
+pytestmark = pytest.mark.l4
 
 
 def pins(l4) -> str:

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+pytestmark = pytest.mark.l4
+
+
 CODE = r"""
 import json, subprocess, sys
 from pathlib import Path

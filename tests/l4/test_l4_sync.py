@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import os
 import random
@@ -10,6 +12,9 @@ import tempfile
 from pathlib import Path
 
 from testnet import in_ns
+
+
+pytestmark = pytest.mark.l4
 
 
 def git(repo: Path, *args: str) -> str:

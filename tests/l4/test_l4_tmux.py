@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import pty
 import select
 import subprocess
 import time
 
-from conftest import posture_bin
+from l4.l4env import posture_bin
+
+
+pytestmark = pytest.mark.l4
 
 
 def remote_tmux_alive(l4, sid: str) -> bool:
