@@ -1,0 +1,213 @@
+"""L3 through the real console script: a VM per session, probed from inside.
+
+The probe is the L2 suite's (tests/l2/probe.py), run as root inside the guest. The guest
+has its own kernel, so the in-kernel checks L2 makes (user namespaces, keyctl, ptrace,
+TIOCSTI on the user's terminal) are about the guest's kernel here and are not promises
+of L3; the table below says what L3 promises for each probe key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from l3env import CREDS, GW_LOOPBACK_PORT, L3, probe_report, wait_for
+from testnet import INTERNAL, INTERNAL6, PORT, PUBLIC, PUBLIC6
+
+pytestmark = [pytest.mark.root, pytest.mark.l3]
+
+PROBE = Path(__file__).resolve().parent.parent / "l2" / "probe.py"
+PROTECTED = [".git/hooks/pre-commit", ".envrc", ".vscode/tasks.json", ".mcp.json", ".git/config", ".idea/workspace.xml",
+             ".claude/settings.json"]
+BLOCKED = [*INTERNAL, *INTERNAL6, "10.0.2.2", "127.0.0.1"]
+REFUSED = ("ECONNREFUSED", "timeout", "ENETUNREACH", "EHOSTUNREACH", "ECONNRESET")
+
+# What each level promises for the probe's keys ("-" = not a promise at this level: the guest's own kernel).
+EXPECT = {
+    #  key                 L2                          L3
+    "creds":            ("ENOENT",                  "ENOENT"),
+    "canary_hits":      ("none",                    "none"),
+    "env_hits":         ("none",                    "none"),
+    "protected_writes": ("EROFS/EACCES/EPERM",      "EROFS even as root"),
+    "project_write":    ("ok",                      "ok, visible on the host"),
+    "blocked net":      ("refused",                 "refused"),
+    "public net":       ("ok",                      "ok"),
+    "bashrc":           ("not the host's",          "guest tmpfs: host file unchanged"),
+    "userns/keyctl":    ("EPERM",                   "-"),
+    "tiocsti":          ("EPERM",                   "- (the guest's own pty)"),
+}
+
+
+def _config(l3: L3, project: Path) -> dict:
+    return {
+        "canary": l3.canary,
+        "secret": l3.secret,
+        "home": str(l3.home),
+        "project": str(project),
+        "creds": [str(l3.home / rel) for rel in CREDS],
+        "unix": ["/run/dbus/system_bus_socket", "/var/run/docker.sock", str(Path(l3.netd_sock))],
+        "abstract": [],
+        "blocked": BLOCKED,
+        "blocked_ports": [["10.0.2.2", GW_LOOPBACK_PORT], ["127.0.0.1", GW_LOOPBACK_PORT], ["::1", GW_LOOPBACK_PORT]],
+        "public": [PUBLIC, PUBLIC6],
+        "port": PORT,
+        "timeout": 5,
+        "protected": PROTECTED,
+    }
+
+
+def _live_ids(l3: L3) -> set[str]:
+    out = l3.posture("status", "--json")
+    assert out.returncode == 0, out.stderr
+    return {s["id"] for s in json.loads(out.stdout) if s["status"] in ("starting", "running", "frozen")}
+
+
+def test_exec_streams_and_exit_code(l3: L3) -> None:
+    project = l3.make_project("streams")
+    proc = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--",
+                      "sh", "-c", "echo to-out; echo to-err >&2; echo $POSTURE_LEVEL $POSTURE_SESSION; exit 42", cwd=project)
+    assert proc.returncode == 42, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "to-out" and lines[1].startswith("l3 "), proc.stdout
+    assert "to-err" in proc.stderr and "to-out" not in proc.stderr
+    assert l3.domains() == [], "nothing may stay defined or running in libvirt after the session"
+
+
+@pytest.mark.parametrize("mode", ["pipes", "pty"])
+def test_probe_cannot_break_out(l3: L3, mode: str) -> None:
+    project = l3.make_project(f"probe-{mode}")
+    shutil.copy(PROBE, project / "probe.py")
+    bashrc_before = (l3.home / ".bashrc").read_text()
+    config_before = (project / ".git" / "config").read_text()
+    proc = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--",
+                      "python3", "probe.py", json.dumps(_config(l3, project)), cwd=project, tty=mode == "pty")
+    report = probe_report(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stderr
+
+    assert report["uid"] == 0, "the probe runs as root in the guest: the host side must hold anyway"
+    # credentials, the canary, secrets: absent
+    assert set(report["creds"].values()) == {"ENOENT"}, report["creds"]
+    assert report["canary_hits"] == [], report["canary_hits"]
+    assert report["env_hits"] == [], report["env_hits"]
+    # another project's agent state is not there
+    assert report["agent_state"] in (None, []), report["agent_state"]
+    # host unix sockets do not exist in the guest
+    assert all(r in ("ENOENT", "ECONNREFUSED") for r in report["unix"].values()), report["unix"]
+
+    # protected project paths: read-only on the host side, even for guest root (control: a project write works)
+    for rel, result in report["protected_writes"].items():
+        assert result == "EROFS", (rel, result)
+    assert (project / ".git" / "config").read_text() == config_before
+    assert not (project / ".envrc").exists() or (project / ".envrc").read_text() == ""
+    assert report["project_write"] == "ok"
+    assert (project / "from-sandbox.txt").read_text() == "made inside\n", "a project write must be visible on the host"
+    assert report["git_commit"] == 0
+    log = subprocess.run(["git", "log", "--format=%s", "-1"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert log == "from the sandbox"
+
+    # the host's home is not the guest's: writing ~/.bashrc inside does not reach the host
+    assert (l3.home / ".bashrc").read_text() == bashrc_before
+
+    # network: internal ranges, metadata, v6 internal and the GW host's loopback refused; public reachable
+    net = report["net"]
+    for addr in BLOCKED:
+        assert net[f"{addr}:{PORT}"] in REFUSED, (addr, net[f"{addr}:{PORT}"])
+    for addr, port in (("10.0.2.2", GW_LOOPBACK_PORT), ("127.0.0.1", GW_LOOPBACK_PORT), ("::1", GW_LOOPBACK_PORT)):
+        assert not net[f"{addr}:{port}"].startswith("ok"), (addr, port, net[f"{addr}:{port}"])
+    assert net[f"{PUBLIC}:{PORT}"] == f"ok:hello from {PUBLIC}", net
+    assert net[f"{PUBLIC6}:{PORT}"] == f"ok:hello from {PUBLIC6}", net
+
+    if mode == "pty":
+        assert report["isatty"] == [True, True, True]
+    else:
+        assert report["isatty"] == [False, False, False]
+    # no placeholder for a protected path is left behind in the project
+    for rel in (".envrc", ".vscode", ".idea", ".mcp.json", ".claude"):
+        assert not (project / rel).exists(), rel
+    assert l3.domains() == []
+
+
+def test_kept_sessions_codes_tty_and_down(l3: L3) -> None:
+    """Two sessions at once (kept by their keepers); exit codes pass through; tty has the window size."""
+    a, b = l3.make_project("kept-a"), l3.make_project("kept-b")
+    before = _live_ids(l3)
+    ups = [l3.popen("up", str(p), "--level", "l3", "--profile", "shell", "--detach", "--", "sleep", "infinity", cwd=p,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (a, b)]
+    for up in ups:
+        out, err = up.communicate(timeout=300)
+        assert up.returncode == 0, err
+    ids = sorted(_live_ids(l3) - before)
+    assert len(ids) == 2, ids
+    assert sorted(l3.domains()) == sorted(f"posture-{i}" for i in ids)
+    try:
+        sid = ids[0]
+        for code in (0, 1, 42):
+            proc = l3.posture("exec", "--session", sid, "--", "sh", "-c", f"exit {code}")
+            assert proc.returncode == code, proc.stderr
+        proc = l3.posture("exec", "--session", sid, "--", "sh", "-c", "kill -TERM $$")
+        assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+        proc = l3.posture("exec", "--session", sid, "--", "sh", "-c", "kill -KILL $$")
+        assert proc.returncode == 128 + signal.SIGKILL, proc.stderr
+        proc = l3.posture("exec", "--session", sid, "--", "cat", stdin="through stdin\n")
+        assert proc.stdout == "through stdin\n", proc.stderr
+        proc = l3.posture("exec", "--session", sid, "--", "sh", "-c", "stty size; tty", tty=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = proc.stdout.replace("\r", "")
+        assert "33 101" in out and re.search(r"/dev/pts/\d+", out), out
+        # each session writes its own project, seen on the host
+        for sid_, proj in zip(ids, (a, b)):
+            pass
+        for sid_ in ids:
+            proc = l3.posture("exec", "--session", sid_, "--", "sh", "-c", "echo $POSTURE_SESSION > session.txt; pwd")
+            assert proc.returncode == 0, proc.stderr
+        written = {(p / "session.txt").read_text().strip() for p in (a, b) if (p / "session.txt").exists()}
+        assert written == set(ids)
+    finally:
+        for sid_ in ids:
+            l3.posture("down", "--session", sid_)
+    assert wait_for(lambda: l3.domains() == [], 30), l3.domains()
+    assert not _virtiofsd_for(ids), "virtiofsd of a stopped session survived"
+
+
+def _virtiofsd_for(ids: list[str]) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"virtiofsd" in cmd and any(i.encode() in cmd for i in ids):
+                found.append(int(entry))
+    return found
+
+
+def test_kill9_takes_the_vm_along(l3: L3) -> None:
+    project = l3.make_project("kill9")
+    before = set(l3.domains())
+    proc = l3.popen("exec", str(project), "--level", "l3", "--profile", "shell", "--", "sh", "-c", "echo up; sleep 600",
+                    cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == b"up", proc.stderr.read() if proc.stderr else ""
+        started = set(l3.domains()) - before
+        assert len(started) == 1, started
+        ids = [n[len("posture-"):] for n in started]
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        assert wait_for(lambda: not (set(l3.domains()) & started), 15), "the VM outlived its posture process"
+        gone_after = time.monotonic() - t0
+        assert gone_after < 15
+        assert wait_for(lambda: not _virtiofsd_for(ids), 10), "virtiofsd outlived its posture process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
