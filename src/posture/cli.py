@@ -103,12 +103,7 @@ def exec_(
     """Run -- CMD non-interactively in a fresh session (or --session ID), stream its output, exit with its code."""
     from . import runner
 
-    argv = _command()
-    if session:
-        if path is not None or level != "auto" or profile or intent or untrusted_input:
-            raise UsageError("--session cannot be combined with PATH, --level, --profile, --intent or --untrusted-input", fix="drop them, or drop --session")
-        return runner.exec_in(session, argv)
-    return runner.exec_fresh(_request(path, level, profile, intent, untrusted_input), argv)
+    return runner.exec_command(path, level, profile, intent, untrusted_input, session, list(_PASSTHROUGH))
 
 
 @app.command()

@@ -6,6 +6,7 @@ where they could run code, since the repository may have been written by a stran
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -69,6 +70,11 @@ def toplevel(path: Path) -> Path | None:
 
 def common_dir(project: Path) -> Path | None:
     """The git common dir (shared by all worktrees) of `project`, or None outside git."""
+    return _common_dir(str(project))
+
+
+@functools.lru_cache(maxsize=64)
+def _common_dir(project: str) -> Path | None:
     proc = git(project, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
     if proc.returncode != 0:
         return None
@@ -77,6 +83,11 @@ def common_dir(project: Path) -> Path | None:
 
 def git_dir(project: Path) -> Path | None:
     """This worktree's own git dir, or None outside git."""
+    return _git_dir(str(project))
+
+
+@functools.lru_cache(maxsize=64)
+def _git_dir(project: str) -> Path | None:
     proc = git(project, "rev-parse", "--path-format=absolute", "--git-dir", check=False)
     if proc.returncode != 0:
         return None

@@ -193,6 +193,28 @@ def exec_fresh(req: Request, argv: list[str]) -> int:
         _stop(session)
 
 
+def exec_command(
+    path: Path | None,
+    level: str,
+    profile: str | None,
+    intent: str | None,
+    untrusted_input: bool,
+    session: str | None,
+    argv: list[str],
+) -> int:
+    """`posture exec`, shared by the CLI and its fast path: validate, then run fresh or in a session."""
+    if not argv:
+        raise UsageError("no command given", fix="put the command after --, e.g. `posture exec -- make test`")
+    if intent not in (None, "push"):
+        raise UsageError(f"--intent {intent!r} is not known", fix="use --intent push")
+    if session:
+        if path is not None or level != "auto" or profile or intent or untrusted_input:
+            raise UsageError("--session cannot be combined with PATH, --level, --profile, --intent or --untrusted-input", fix="drop them, or drop --session")
+        return exec_in(session, argv)
+    req = Request(path=path, level=level, profile=profile, intent_push=intent == "push", untrusted_input=untrusted_input)
+    return exec_fresh(req, argv)
+
+
 def exec_in(session_id: str | None, argv: list[str]) -> int:
     """`posture exec --session ID -- CMD`: run CMD in a running session."""
     record = live_record(session_id)

@@ -141,13 +141,21 @@ def build_view(
         _check_mount(path)
         binds.append(Bind(path, path, writable=True))
 
-    protected = [str(project / rel) for rel in dict.fromkeys([*PROTECTED_DEFAULT, *profile.protect])]
+    relative = list(dict.fromkeys([*PROTECTED_DEFAULT, *profile.protect]))
+    if (project / ".git").is_file():
+        # A worktree: `.git` is a pointer file (re-pointing it would hand the host other hooks);
+        # the real git dirs are protected below.
+        relative = [".git", *(r for r in relative if not r.startswith(".git/"))]
+    protected = [str(project / rel) for rel in relative]
     git_dir = gitutil.git_dir(project)
     common = gitutil.common_dir(project)
     if git_dir and git_dir != project / ".git":
-        # A worktree or separate git dir: protect the real hooks and config too.
+        # A worktree or separate git dir: the agent must still commit (objects, refs, index are
+        # writable), but the real hooks and config are protected like the project's own.
         for base in {git_dir, common} - {None}:
-            protected += [str(base / "hooks"), str(base / "config")]
+            if not str(base).startswith(str(project) + "/"):
+                binds.append(Bind(str(base), str(base), writable=True))
+            protected += [str(base / "hooks"), str(base / "config"), str(base / "info")]
     denied = [str(project / rel) for rel in settings.deny_paths]
 
     fixed = {
