@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gitutil, paths
+from . import gitutil, paths, placeholders
 
 AUTHOR = {
     "GIT_AUTHOR_NAME": "posture",
@@ -76,7 +76,9 @@ def capture(project: Path, session: str, message: str = "") -> Checkpoint:
         has_head = _has_head(project, args)
         if not real_index.exists() and has_head:
             gitutil.git(project, *args, "read-tree", "HEAD", env=env)
-        gitutil.git(project, *args, "-c", "gc.auto=0", "add", "--all", "--", ".", env=env)
+        # posture's own placeholders (empty stand-ins for protected paths while a session runs) are not the user's work
+        skip = [f":(exclude,literal){os.path.relpath(p, project)}" for p in placeholders.held(project) if p.startswith(str(project) + "/")]
+        gitutil.git(project, *args, "-c", "gc.auto=0", "add", "--all", "--", ".", *skip, env=env)
         tree = gitutil.out(project, *args, "write-tree", env=env)
         parents = ["-p", "HEAD"] if has_head else []
         n = len(list_checkpoints(project, session)) + 1

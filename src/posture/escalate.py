@@ -153,7 +153,7 @@ def escalate(session_id: str | None, to: str | None, reason: str) -> SessionReco
             f"escalation to {target} stopped at step '{step}': {exc}; {safe}{frozen}. "
             f"Retry: `posture escalate --session {record.id}`; roll back: `posture escalate --session {record.id} --abort`"
         )
-        _save(record)
+        SessionStore().save(record)  # not _save: keep this note, which names the failure
         audit.record("escalate.failed", session=record.id, step=step, error=str(exc), checkpoint=ref)
         if isinstance(exc, PostureError):
             exc.message = f"{exc.message} (work is safe: {safe}{frozen}; see `posture status`)"
@@ -162,12 +162,25 @@ def escalate(session_id: str | None, to: str | None, reason: str) -> SessionReco
 
 
 def _start_child(record: SessionRecord, target: str) -> SessionRecord:
+    """Start the higher session, or reuse the one an interrupted run already started."""
+    store = SessionStore()
+    esc = record.data["escalation"]
+    if esc.get("child"):
+        previous = runner.refresh(store.get(esc["child"]))
+        if previous.status == RUNNING:
+            return previous
+        try:
+            runner.down(previous.id)  # half-started by an interrupted run: clean it up, start afresh
+        except PostureError:
+            pass
     req = runner.Request(path=Path(record.project), level=target, profile=record.profile)
     p = runner.plan(req)
     session = runner.open_session(p, parent=record.id, view_needed=False)
     child = session.record
-    child.data["from_checkpoint"] = record.data["escalation"].get("checkpoint")
-    SessionStore().save(child)
+    child.data["from_checkpoint"] = esc.get("checkpoint")
+    store.save(child)
+    esc["child"] = child.id  # known before its keeper starts, so an interrupted run finds it
+    _save(record)
     try:
         runner.spawn_keeper(child, req)
     except BaseException:
@@ -176,7 +189,7 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
         except Exception:  # noqa: BLE001 - the original failure matters more
             pass
         raise
-    return SessionStore().get(child.id)
+    return store.get(child.id)
 
 
 def abort(session_id: str) -> SessionRecord:

@@ -30,6 +30,26 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP, appauthor=False))
 
 
+def runtime_dir() -> Path:
+    """Short, private directory for sockets: $XDG_RUNTIME_DIR/posture, else /tmp/posture-<uid>."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return ensure_private_dir(Path(base) / APP)
+    path = Path(f"/tmp/{APP}-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        from .errors import Refused
+
+        raise Refused(f"{path} is not a private directory of this user", fix=f"remove it, or set XDG_RUNTIME_DIR to a private directory")
+    return path
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and parents) with mode 0700 and return it."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)

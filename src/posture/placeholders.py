@@ -129,3 +129,20 @@ def release(registry: str, session: str, live: Callable[[], set[str]] | None = N
                     continue  # still a mount point somewhere, or no longer ours: keep the entry
             del data[path]
     return removed
+
+
+def registry_for(project: Path) -> str:
+    """The placeholder registry of `project` (next to its agent state)."""
+    from . import gitutil, paths
+
+    return str(paths.state_dir() / "projects" / gitutil.project_key(project) / "placeholders.json")
+
+
+def held(project: Path) -> list[str]:
+    """Placeholders posture holds in `project` right now: still the same, still empty (absolute paths)."""
+    path = Path(registry_for(project))
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return sorted(p for p, entry in data.items() if _same(p, entry) and _empty(p, entry["dir"]))

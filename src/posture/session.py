@@ -70,8 +70,12 @@ def sessions_dir() -> Path:
 
 
 def session_runtime_dir(session_id: str) -> Path:
-    """Private per-session directory on the host for sockets and scratch state."""
-    return paths.ensure_private_dir(paths.state_dir() / "run" / session_id)
+    """Private per-session directory on the host for sockets and scratch state.
+
+    Under $XDG_RUNTIME_DIR (else /tmp/posture-<uid>, checked to be the user's own, 0700,
+    not a symlink): unix socket paths must stay short, whatever the home directory is.
+    """
+    return paths.ensure_private_dir(paths.runtime_dir() / session_id)
 
 
 @contextmanager

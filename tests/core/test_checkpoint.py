@@ -93,3 +93,19 @@ def test_repository_without_commits(make_repo) -> None:
     cp = checkpoint.capture(repo, "s5")
     assert git(repo, "show", f"{cp.ref}:first.txt") == "1"
     assert subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], cwd=repo).returncode != 0
+
+
+def test_posture_placeholders_are_not_captured(make_repo) -> None:
+    """Empty stand-ins for protected paths (present while a sandbox runs) are not the user's work."""
+    from posture import placeholders
+
+    repo = make_repo()
+    registry = placeholders.registry_for(repo)
+    held = placeholders.acquire(registry, "s6", [(str(repo / ".envrc"), False), (str(repo / ".vscode"), True)])
+    (repo / "real.txt").write_text("mine\n")
+    (repo / "empty-but-mine").write_text("")
+    cp = checkpoint.capture(repo, "s6")
+    names = set(git(repo, "ls-tree", "-r", "--name-only", cp.ref).splitlines())
+    assert "real.txt" in names and "empty-but-mine" in names and ".envrc" not in names
+    placeholders.release(registry, "s6")
+    assert not (repo / ".envrc").exists() and len(held) == 2

@@ -183,7 +183,7 @@ class BwrapSession(Session):
         ipv6 = True
         fs_args, wanted = view_args(view, runtime, ipv6)
 
-        registry = str(Path(view.state_dir).parent / "placeholders.json")
+        registry = placeholders.registry_for(Path(view.project))
         held = placeholders.acquire(registry, self.record.id, wanted)
         self.data.update(placeholders=held, placeholder_registry=registry)
 
