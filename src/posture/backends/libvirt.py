@@ -160,7 +160,7 @@ class LibvirtSession(Session):
         with os.fdopen(fd, "w") as fh:
             json.dump(self.view.env.env, fh)
         _t("prepared")
-        served = virtiofs.serve(self.view, run, gid, network)
+        served = virtiofs.serve(self.view, run, gid, network, agent=virtiofs.agent_pycs(EXPOSED_ROOT / "boot"))
         _t("staged")
         self.stage = served.proc
         self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders})

@@ -11,7 +11,6 @@ with separate stdout and stderr pipes. The exit code comes back as 128+N for a s
 
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
 import json
@@ -334,26 +333,42 @@ class Agent:
             self.reap()
 
 
+USAGE = "usage: agent.py [--listen SOCK] [--listen-fd FD] [--device DEV] [--ready-fd FD]"
+
+
+def _parse(argv: list[str]) -> dict[str, str]:
+    """--name value pairs (no argparse: it costs a quarter second to import in an emulated guest)."""
+    known = {"--listen", "--listen-fd", "--device", "--ready-fd"}
+    out: dict[str, str] = {}
+    it = iter(argv)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name not in known:
+            raise SystemExit(f"{USAGE}\nunknown argument {arg!r}")
+        if not eq:
+            value = next(it, None)
+            if value is None:
+                raise SystemExit(f"{USAGE}\n{name} needs a value")
+        out[name[2:].replace("-", "_")] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve exec requests until killed."""
-    parser = argparse.ArgumentParser(prog="posture-agent")
-    parser.add_argument("--listen", help="unix socket path to serve")
-    parser.add_argument("--listen-fd", type=int, help="an inherited, already listening unix socket to serve")
-    parser.add_argument("--device", help="character device (virtio-serial port) to serve")
-    parser.add_argument("--ready-fd", type=int, help="write one byte here once serving")
-    args = parser.parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     agent = Agent()
-    if args.listen:
-        agent.listen(args.listen)
-    if args.listen_fd is not None:
-        agent.listen_fd(args.listen_fd)
-    if args.device:
-        fd = os.open(args.device, os.O_RDWR | os.O_NOCTTY)
+    if args.get("listen"):
+        agent.listen(args["listen"])
+    if args.get("listen_fd") is not None:
+        agent.listen_fd(int(args["listen_fd"]))
+    if args.get("device"):
+        fd = os.open(args["device"], os.O_RDWR | os.O_NOCTTY)
         agent.add_conn(fd, fd, False)
-    if args.ready_fd is not None:
-        os.write(args.ready_fd, b"1")
-        os.close(args.ready_fd)
+    if args.get("ready_fd") is not None:
+        ready = int(args["ready_fd"])
+        os.write(ready, b"1")
+        os.close(ready)
     agent.run()
     return 0
 

@@ -115,6 +115,15 @@ class Cpio:
     def __init__(self) -> None:
         self.out = io.BytesIO()
         self.ino = 1
+        self.dirs: set[str] = set()
+
+    def parents(self, name: str) -> None:
+        """Add every missing parent directory of `name` (the kernel's unpacker makes none)."""
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d and d not in self.dirs:
+                self.directory(d)
 
     def _entry(self, name: str, mode: int, data: bytes = b"", nlink: int = 1) -> None:
         encoded = name.encode() + b"\0"
@@ -129,14 +138,20 @@ class Cpio:
 
     def directory(self, name: str, mode: int = 0o755) -> None:
         """Add a directory."""
+        if name in self.dirs:
+            return
+        self.parents(name)
+        self.dirs.add(name)
         self._entry(name, 0o040000 | mode, nlink=2)
 
     def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
         """Add a regular file."""
+        self.parents(name)
         self._entry(name, 0o100000 | mode, data)
 
     def symlink(self, name: str, target: str) -> None:
         """Add a symbolic link."""
+        self.parents(name)
         self._entry(name, 0o120000 | 0o777, target.encode())
 
     def node(self, name: str, mode: int, major: int, minor: int) -> None:
@@ -183,11 +198,13 @@ def cache_key(modules: Path, busybox: Path, init: str, wanted: tuple[str, ...]) 
         h.update(f"{p}:{st.st_mtime_ns}:{st.st_size}\n".encode())
     h.update(init.encode())
     h.update(",".join(wanted).encode())
+    h.update(",".join(BUSYBOX_APPLETS).encode())
     return h.hexdigest()[:16]
 
 
-def cached(dest_dir: Path, modules: Path, busybox: Path, init: str = INIT, wanted: tuple[str, ...] = MODULES) -> Path:
+def cached(dest_dir: Path, modules: Path, busybox: Path, init: str | None = None, wanted: tuple[str, ...] = MODULES) -> Path:
     """The initramfs for these inputs under `dest_dir`, built once and reused."""
+    init = INIT if init is None else init
     key = cache_key(modules, busybox, init, wanted)
     path = dest_dir / f"initrd-{key}.cpio"
     if not path.exists():

@@ -16,6 +16,7 @@ import json
 import os
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,7 +73,40 @@ def _placeholder(path: Path, project: Path, made: list[str]) -> Path | None:
     return top
 
 
-def plan(view: View, stage: Path, network: bool) -> Plan:
+GUEST_PYTHON = "/usr/bin/python3"  # the view's python, which runs the exec agent in the guest
+
+
+def agent_pycs(cache: Path) -> dict[str, Path]:
+    """The exec agent compiled by the guest's python, cached: the guest then skips compiling it."""
+    import hashlib
+
+    real = os.path.realpath(GUEST_PYTHON)
+    h = hashlib.sha256(f"{real}:{os.stat(real).st_mtime_ns}".encode())
+    for name in ("agent.py", "wire.py"):
+        h.update((AGENT_SRC / name).read_bytes())
+    out_dir = cache / f"agent-{h.hexdigest()[:16]}"
+    names = {"agent.pyc": out_dir / "agent.pyc", "wire.pyc": out_dir / "wire.pyc"}
+    if all(p.exists() for p in names.values()):
+        return names
+    tmp = cache / f".agent-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    code = ("import py_compile, sys\n"
+            "for src, dst in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+            "    py_compile.compile(src, cfile=dst, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)\n")
+    args = [str(AGENT_SRC / "agent.py"), str(tmp / "agent.pyc"), str(AGENT_SRC / "wire.py"), str(tmp / "wire.pyc")]
+    proc = subprocess.run([GUEST_PYTHON, "-I", "-S", "-c", code, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise Unavailable(f"cannot compile the guest's exec agent with {GUEST_PYTHON}: {proc.stderr.strip()[-200:]}", fix="install python3 (the guest runs the host's /usr/bin/python3)")
+    for p in tmp.iterdir():
+        p.chmod(0o644)
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another session made it meanwhile
+    return names
+
+
+def plan(view: View, stage: Path, network: bool, agent: dict[str, Path] | None = None) -> Plan:
     """Translate `view` into staging ops under `stage` and the guest's setup script."""
     out = Plan()
     ops = out.ops
@@ -95,8 +129,8 @@ def plan(view: View, stage: Path, network: bool) -> Plan:
             ops += [{"op": "touch", "path": root + path}, {"op": "bind", "src": path, "dst": root + path, "ro": True}]
     for target, data in view.files.items():
         ops.append({"op": "write", "path": root + target, "data": data, "mode": 0o644})
-    for name in ("agent.py", "wire.py"):
-        ops.append({"op": "write", "path": f"{root}{GUEST}/{name}", "data": (AGENT_SRC / name).read_text(), "mode": 0o644})
+    for name, src in (agent or {}).items():
+        ops.append({"op": "copy", "src": str(src), "path": f"{root}{GUEST}/{name}"})
 
     # ---- rw share: the project with its protected paths, and every extra bind
     ops.append({"op": "tmpfs", "path": rw, "size": "1m"})
@@ -183,7 +217,7 @@ def _setup_script(view: View, binds: list[tuple[str, str, bool, bool]], network:
         "  usleep 10000",
         "done",
         "[ -n \"$DEV\" ] || echo \"posture-init: no exec channel\"",
-        f"exec switch_root $R /usr/bin/python3 -I -S {GUEST}/agent.py --device $DEV",
+        f"exec switch_root $R {GUEST_PYTHON} -I -S {GUEST}/agent.pyc --device $DEV",
     ]
     return "\n".join(lines) + "\n"
 
@@ -203,13 +237,14 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
-def serve(view: View, run_dir: Path, socket_group: int | None, network: bool, timeout: float = 10.0) -> Served:
+def serve(view: View, run_dir: Path, socket_group: int | None, network: bool, timeout: float = 10.0,
+          agent: dict[str, Path] | None = None) -> Served:
     """Stage `view` and start one virtiofsd per share; return once both sockets exist."""
     virtiofsd = find_virtiofsd()
     stage = run_dir / "stage"
     for sub in ("root", "rw"):
         (stage / sub).mkdir(parents=True, exist_ok=True)
-    p = plan(view, stage, network)
+    p = plan(view, stage, network, agent)
     group_args = []
     if socket_group is not None:
         try:
