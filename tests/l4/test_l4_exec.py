@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -138,3 +139,60 @@ def test_signals_reach_the_remote_command(l4, make_repo) -> None:
     assert proc.returncode == 128 + signal.SIGTERM
     # nothing of it is left running on the host
     assert l4.remote("pgrep", "-u", l4.vps.user, "-f", "sleep 617").returncode != 0
+
+
+def test_large_stdin_and_stdout_at_once(l4, make_repo, tmp_path: Path) -> None:
+    """Piping data through a remote filter: both directions full at once must not deadlock."""
+    import hashlib
+
+    l4.enroll()
+    blob = os.urandom(12 * 1024 * 1024)
+    src = tmp_path / "blob"
+    src.write_bytes(blob)
+    from l4.l4env import posture_bin
+
+    with open(src, "rb") as stdin:
+        proc = subprocess.run(["ip", "netns", "exec", l4.net.gw, posture_bin(), "exec", "--level", "l4", "--", "cat"],
+                              cwd=make_repo(), env=l4.env, stdin=stdin, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert hashlib.sha256(proc.stdout).hexdigest() == hashlib.sha256(blob).hexdigest()
+
+
+def test_tty_mode_ctrl_c_reaches_the_command_and_its_code_comes_back(l4, make_repo) -> None:
+    import pty
+    import select
+    import time
+
+    from l4.l4env import posture_bin
+
+    l4.enroll()
+    repo = make_repo()
+    script = 'trap "echo caught-ctrl-c; exit 5" INT; test -t 0 && echo tty-ok; while :; do sleep 0.1; done'
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.clear()
+        os.environ.update({**l4.env, "TERM": "xterm"})
+        os.chdir(repo)
+        os.execvp("ip", ["ip", "netns", "exec", l4.net.gw, posture_bin(), "exec", "--level", "l4", "--", "sh", "-c", script])
+    buf = b""
+    try:
+        deadline = time.monotonic() + 60
+        sent = False
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+            if b"tty-ok" in buf and not sent:
+                os.write(fd, b"\x03")  # a byte through the raw local terminal; the host's pty makes it SIGINT
+                sent = True
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert b"caught-ctrl-c" in buf, buf
+    assert os.waitstatus_to_exitcode(status) == 5, buf

@@ -151,7 +151,7 @@ class TailnetSession(Session):
         env = dict(self._data("env"))
         if tty:
             env.setdefault("TERM", os.environ.get("TERM") or "xterm-256color")
-        return ssh.remote_command(self._localize(argv), env, self._data("worktree"), relay_signals=not tty)
+        return ssh.remote_command(self._localize(argv), env, self._data("worktree"))
 
     def _localize(self, argv: list[str]) -> list[str]:
         # The generic runner names one tmux server ("-L posture"); on a shared host each session gets its own.

@@ -153,26 +153,17 @@ def scan_host_key(ip: str, port: int) -> hostkeys.HostKey:
         transport.close()
 
 
-# Runs CMD as a child and relays INT/TERM/HUP to it (they reach this shell through SSH "signal"
-# requests). A background job of a non-interactive shell starts with INT and QUIT ignored and
-# stdin from /dev/null: `env --default-signal` (coreutils >= 8.31) undoes the first, fd 3 the second.
-_RELAY_SIGNALS = (
-    'd="/usr/bin/env --default-signal=INT,QUIT"; $d true 2>/dev/null || d=; '
-    'exec 3<&0; $d "$@" <&3 3<&- & p=$!; exec 3<&- 0</dev/null; '
-    "for s in INT TERM HUP; do trap \"kill -$s $p 2>/dev/null\" $s; done; "
-    'while :; do wait $p; st=$?; kill -0 $p 2>/dev/null || exit $st; done'
-)
+# The shell stays the command's parent (no exec), so a command killed by signal N exits 128+N,
+# and it ignores INT/TERM/HUP/QUIT with a no-op trap so that it outlives them and reports the
+# command's own status. The command starts with default handlers (traps reset on exec) and gets
+# the signal itself: OpenSSH's sshd delivers an SSH "signal" request to the whole process group,
+# and a pty delivers ^C to the foreground group.
+_WRAPPER = 'trap : INT TERM HUP QUIT; "$@"'
 
 
-def remote_command(argv: list[str], env: dict[str, str], cwd: str | None, relay_signals: bool = False) -> str:
-    """The command line for the remote login shell: `env -i` with exactly `env`, in `cwd`, then argv.
-
-    A shell stays the parent (no exec), so a command killed by signal N exits 128+N. With
-    `relay_signals` (no pty) that shell passes INT/TERM/HUP on to the command; with a pty the
-    terminal delivers them to the whole foreground group itself.
-    """
-    run = _RELAY_SIGNALS if relay_signals else '"$@"'
-    script = f'cd -- "$0" || exit 126; {run}' if cwd else run
+def remote_command(argv: list[str], env: dict[str, str], cwd: str | None) -> str:
+    """The command line for the remote login shell: `env -i` with exactly `env`, in `cwd`, then argv."""
+    script = f'cd -- "$0" || exit 126; {_WRAPPER}' if cwd else _WRAPPER
     words = ["exec", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(env.items())), "/bin/sh", "-c", script, cwd or "sh", *argv]
     return " ".join(w if w == "exec" else shlex.quote(w) for w in words)
 
@@ -250,8 +241,8 @@ def run_interactive(client, command: str, tty: bool, forward_stdin: bool = True)
     """Run `command` on the host with this process's stdio; return its exit code.
 
     Without a tty the remote stdout and stderr stay apart (fd 1 and fd 2 here) and INT/TERM/HUP
-    received here are passed on as SSH signal requests (build `command` with relay_signals=True);
-    with one, the host allocates a pty, the local terminal goes raw and window size changes follow.
+    received here are passed on as SSH signal requests; with one, the host allocates a pty, the
+    local terminal goes raw (^C travels as a byte) and window size changes follow.
     """
     chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
     stdin_fd = 0
@@ -295,6 +286,7 @@ def run_interactive(client, command: str, tty: bool, forward_stdin: bool = True)
         if not forward_stdin:
             chan.shutdown_write()
         out_ok = err_ok = True
+        pending = b""  # stdin read but not yet accepted by the channel's window
         while True:
             if chan.recv_ready():
                 data = chan.recv(65536)
@@ -306,18 +298,25 @@ def run_interactive(client, command: str, tty: bool, forward_stdin: bool = True)
                 continue
             if chan.exit_status_ready() and (chan.eof_received or chan.closed):
                 break
-            rlist = [chan, stdin_fd] if watch_stdin else [chan]
+            if pending and chan.send_ready():
+                # never block on the remote's window: it may be waiting for us to read its output
+                pending = pending[chan.send(pending[:32768]):]
+                if not pending and not watch_stdin:
+                    chan.shutdown_write()
+                continue
+            read_stdin = watch_stdin and not pending
+            rlist = [chan, stdin_fd] if read_stdin else [chan]
             try:
-                ready, _, _ = select.select(rlist, [], [], 1.0)
+                ready, _, _ = select.select(rlist, [], [], 0.05 if pending else 1.0)
             except InterruptedError:
                 continue
-            if watch_stdin and stdin_fd in ready:
+            if read_stdin and stdin_fd in ready:
                 try:
                     data = os.read(stdin_fd, 65536)
                 except OSError:
                     data = b""
                 if data:
-                    chan.sendall(data)
+                    pending = data
                 else:
                     watch_stdin = False
                     chan.shutdown_write()
