@@ -104,6 +104,13 @@ def plan(req: Request) -> Plan:
     return Plan(project, settings, decision, profile)
 
 
+def announce(p: Plan, always: bool) -> None:
+    """One line on stderr: the level, the backend, and why (always for `up`; for `exec` on a terminal)."""
+    if always or os.isatty(2):
+        warn = f" (WARNING: {p.decision.override})" if p.decision.override else ""
+        print(f"posture: {p.decision.why()} [{p.decision.backend}]{warn}", file=sys.stderr, flush=True)
+
+
 def _settings_for(record: SessionRecord) -> Settings:
     return load_settings(Path(record.project))
 
@@ -185,6 +192,7 @@ def _stop(session: Session, status: str = STOPPED) -> None:
 def exec_fresh(req: Request, argv: list[str]) -> int:
     """`posture exec [PATH] -- CMD`: run CMD in a new session, stream it, tear down, return its code."""
     p = plan(req)
+    announce(p, always=bool(p.decision.override))
     session = open_session(p)
     _start(session)
     try:
@@ -330,6 +338,7 @@ def agent_running(session: Session) -> bool:
 def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecord, int]:
     """`posture up`: start a kept session, launch the agent, and attach unless `detach`."""
     p = plan(req)
+    announce(p, always=True)
     session = open_session(p, view_needed=False)
     record = session.record
     spawn_keeper(record, req)
