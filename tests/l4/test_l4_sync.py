@@ -7,6 +7,7 @@ import pytest
 import hashlib
 import os
 import random
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -82,8 +83,15 @@ def test_remote_work_comes_back_as_a_ref_and_nothing_local_moves(l4, make_repo) 
 def test_malicious_remote_hooks_and_fsmonitor_neither_run_nor_come_back(l4, make_repo) -> None:
     l4.enroll()
     repo = make_repo()
-    marks = Path(tempfile.mkdtemp(prefix="posture-marks-"))
+    marks = Path(tempfile.mkdtemp(prefix="posture-marks-"))  # in /tmp: the host's user must be able to write there
     os.chmod(marks, 0o1777)
+    try:
+        _malicious_remote(l4, make_repo, repo, marks)
+    finally:
+        shutil.rmtree(marks, ignore_errors=True)
+
+
+def _malicious_remote(l4, make_repo, repo: Path, marks: Path) -> None:
     log = marks / "ran"
     hook = f"#!/bin/sh\necho \"$(id -un) $0\" >> {log}\n"
     hooks = ("post-checkout", "post-merge", "post-rewrite", "reference-transaction", "pre-push", "post-index-change",
