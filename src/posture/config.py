@@ -377,6 +377,9 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
 
 def load_settings(project: Path, user_config: Path | None = None) -> Settings:
     """Load both files for `project` and merge them."""
+    from . import plugins
+
+    plugins.manager()  # plugin rules extend what [rules] accepts
     user = load_user_config(user_config)
     repo, ignored, repo_path = load_repo_config(project)
     return merge(user, repo, ignored, repo_path)

@@ -69,3 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     from .cli import main as cli_main
 
     cli_main(args)
+
+
+if __name__ == "__main__":
+    main()
