@@ -124,8 +124,10 @@ class TailnetSession(Session):
 
         project = Path(self.record.project)
         layout = sync.Layout.from_config(self.l4.get("workdir"))
-        bare = layout.bare(gitutil.project_key(project))
+        key = gitutil.project_key(project)
+        bare = layout.bare(key)
         worktree = layout.worktree(self.record.id)
+        spare = layout.spare(key)
         ref = self.record.data.get("checkpoint_ref") or self.record.data.get("from_checkpoint")
         if ref:  # escalation: start from the checkpoint the lower session left (escalate.py sets from_checkpoint)
             commit = sync.resolve(project, ref)
@@ -137,9 +139,11 @@ class TailnetSession(Session):
         if ref not in self.record.checkpoints:
             self.record.checkpoints.append(ref)
         client = self.client()
-        self.record.data.update({"bare": bare, "checkpoint_ref": ref, "checkpoint_commit": commit, "tmux": self.tmux_socket})
+        self.record.data.update({"bare": bare, "checkpoint_ref": ref, "checkpoint_commit": commit, "tmux": self.tmux_socket, "spare": spare})
         sync.push(client, project, commit, ref, bare)
-        home, abs_worktree = sync.checkout(client, bare, worktree, commit)
+        tree = sync.checkout(client, bare, worktree, commit, spare)
+        home, abs_worktree = tree.home, tree.worktree
+        self.record.data.update({"tree": tree.admin, "tree_reused": tree.reused})
         user = str(ssh.require(self.l4, "user"))
         view_env = dict(self.view.env.env) if self.view is not None else {}
         env, dropped = remote_env(view_env, self.record.id, home, user)
@@ -186,7 +190,9 @@ class TailnetSession(Session):
         return self.exec(["tmux", "-L", self.tmux_socket, "attach-session", "-t", TMUX_WINDOW], tty=True)
 
     def stop(self) -> None:
-        """Keep the work in the host's bare repo (refs/posture/<id>/work), stop tmux, remove the work tree."""
+        """Keep the work in the host's bare repo (refs/posture/<id>/work), stop tmux, and hand the
+        work tree to the project's spare pool (the next session brings it up to date instead of a
+        full checkout) or remove it."""
         from ..l4 import ssh, sync
 
         if "worktree" not in self.record.data and "bare" not in self.record.data:
@@ -201,7 +207,8 @@ class TailnetSession(Session):
                     pass  # a broken work tree has nothing to keep; tear down anyway
             ssh.run_script(client, f"tmux -L {self.tmux_socket} kill-server 2>/dev/null; true")
             if "worktree" in self.record.data:
-                sync.remove_worktree(client, self.record.data["bare"], self.record.data["worktree"])
+                data = self.record.data
+                sync.retire_worktree(client, data["bare"], data["worktree"], data.get("tree"), data.get("spare"), self.record.id)
         except PostureError as exc:
             where = self.record.data.get("worktree", "?")
             raise Unavailable(f"could not clean up session {self.record.id} on the L4 host: {exc.message}", fix=f"remove {where} and `tmux -L {self.tmux_socket} kill-server` on the host by hand") from None

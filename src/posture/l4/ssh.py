@@ -185,11 +185,13 @@ def send_signal(chan, name: str) -> None:
 SCRIPT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
 
 
-def run_script(client, script: str, timeout: float = 600.0, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run a /bin/sh script on the host under `env -i` (PATH and LC_ALL only, unless `env`); (exit code, stdout, stderr)."""
+def run_script(client, script: str, timeout: float = 600.0, env: dict[str, str] | None = None, argv: list[str] | None = None) -> tuple[int, str, str]:
+    """Run a /bin/sh script on the host under `env -i` (PATH and LC_ALL only, unless `env`), with
+    positional parameters `argv` ($1...); (exit code, stdout, stderr)."""
     chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
     chan.settimeout(timeout)
-    chan.exec_command(remote_command(["/bin/sh", "-c", script], env or SCRIPT_ENV, None))
+    words = ["/bin/sh", "-c", script, "sh", *argv] if argv else ["/bin/sh", "-c", script]
+    chan.exec_command(remote_command(words, env or SCRIPT_ENV, None))
     chan.shutdown_write()
     out, err = bytearray(), bytearray()
     while True:

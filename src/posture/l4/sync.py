@@ -57,8 +57,12 @@ class Layout:
         return f"{self.workdir}/repos/{project_key}.git"
 
     def worktree(self, session: str) -> str:
-        """The session's work tree (removed at stop)."""
+        """The session's work tree (kept as the project's spare, or removed, at stop)."""
         return f"{self.workdir}/sessions/{session}"
+
+    def spare(self, project_key: str) -> str:
+        """The project's spare work trees: left by stopped sessions, claimed by the next ones."""
+        return f"{self.workdir}/spare/{project_key}"
 
 
 def _local(project: Path) -> list[str]:
@@ -91,20 +95,110 @@ def _q(text: str) -> str:
 REMOTE_GIT_SH = " ".join(shlex.quote(w) for w in REMOTE_GIT)
 
 
-def checkout(client, bare: str, worktree: str, commit: str) -> tuple[str, str]:
-    """Check `commit` out into a fresh work tree on the host; return (login directory, work tree), absolute."""
-    script = (
-        f"set -e; pwd -P; G={_q(REMOTE_GIT_SH)}; "
-        f"rm -rf {_q(worktree)}; $G --git-dir={_q(bare)} worktree prune; "
-        f"mkdir -p \"$(dirname {_q(worktree)})\"; "
-        f"$G --git-dir={_q(bare)} worktree add --quiet --detach {_q(worktree)} {_q(commit)} >/dev/null; "
-        f"cd {_q(worktree)} && pwd -P"
-    )
-    code, out, err = run_script(client, script)
+# Work trees are registered with git (so the bare repository's gc sees their HEAD and index) and
+# locked, so that no `worktree prune` ever drops a tree while it moves between a session and the
+# spare pool. posture removes a tree's admin directory itself when it deletes the tree.
+_CHECKOUT = r"""
+set -e; pwd -P
+G=$1; B=$2; W=$3; S=$4; C=$5
+mkdir -p "$(dirname "$W")"
+Babs=$(cd "$B" && pwd -P)
+name=
+for d in "$S"/*; do
+  [ -d "$d" ] || continue
+  n=${d##*/}
+  # rename(2) is atomic: of two sessions racing for one spare, exactly one wins it
+  if mv -T "$d" "$W" 2>/dev/null; then name=$n; break; fi
+done
+if [ -n "$name" ]; then
+  A="$Babs/worktrees/$name"
+  Wabs=$(cd "$W" && pwd -P)
+  # the pointers are rewritten, not trusted (the last session's agent could have changed them);
+  # `set -e` does not hold inside an `if` condition, hence the && chain
+  if [ -d "$A" ] && ! [ -L "$A" ] \
+     && rm -rf "$W/.git" "$A/config.worktree" "$A/sequencer" "$A/rebase-merge" "$A/rebase-apply" \
+     && printf 'gitdir: %s\n' "$A" > "$W/.git" \
+     && printf '%s/.git\n' "$Wabs" > "$A/gitdir" \
+     && printf '../..\n' > "$A/commondir" \
+     && printf 'posture session\n' > "$A/locked" \
+     && $G --git-dir="$A" update-ref --no-deref HEAD "$C" \
+     && (cd "$W" && $G --git-dir="$A" --work-tree=. reset --quiet --no-recurse-submodules --hard "$C" >&2 \
+         && $G --git-dir="$A" --work-tree=. clean -ffdxq >&2); then
+    echo spare; echo "$name"; echo "$Wabs"; exit 0
+  fi
+  rm -rf "$W" "$A"
+fi
+rm -rf "$W"
+$G --git-dir="$B" worktree prune
+$G --git-dir="$B" worktree add --quiet --lock --detach "$W" "$C" >/dev/null
+A=$(cd "$W" && $G rev-parse --absolute-git-dir)
+echo full; echo "${A##*/}"; cd "$W" && pwd -P
+"""
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """Where a session's work tree is on the host, and how it got there."""
+
+    home: str  # the login directory, absolute
+    worktree: str  # the work tree, absolute
+    admin: str  # the tree's name under <bare>/worktrees/
+    reused: bool  # True when a spare tree was brought up to date, False after a full checkout
+
+
+def checkout(client, bare: str, worktree: str, commit: str, spare: str | None = None) -> Checkout:
+    """Put exactly `commit` into the work tree `worktree` on the host.
+
+    A spare tree of the project (`spare`, left by an earlier session) is claimed by an atomic
+    rename and brought to `commit` incrementally (reset --hard, then clean -ffdx: the tree equals
+    the commit exactly, ignored leftovers too; hooks and fsmonitor off); without one, a full
+    checkout is made.
+    """
+    script = _CHECKOUT.strip()
+    args = [REMOTE_GIT_SH, bare, worktree, spare or "/nonexistent/posture-no-spare", commit]
+    code, out, err = run_script(client, script, argv=args)
     if code != 0:
         raise Unavailable(f"checking the checkpoint out on the host failed: {err.strip()[-300:]}", fix="check `posture doctor` (git on the host, disk space)")
     lines = out.strip().splitlines()
-    return lines[0], lines[-1]
+    return Checkout(home=lines[0], worktree=lines[-1], admin=lines[-2], reused=lines[-3] == "spare")
+
+
+_RETIRE = r"""
+G=$1; B=$2; W=$3; S=$4; name=$5; id=$6; keep=$7
+H=$(pwd)
+cd "$W" 2>/dev/null || exit 0
+Wabs=$(pwd -P); cd "$H"
+A="$B/worktrees/$name"
+busy() {
+  grep -qsxzF "POSTURE_SESSION=$id" /proc/[0-9]*/environ && return 0
+  for p in /proc/[0-9]*; do
+    case $(readlink "$p/cwd" 2>/dev/null) in "$Wabs"|"$Wabs"/*) return 0;; esac
+  done
+  return 1
+}
+i=0
+while busy && [ $i -lt 10 ]; do sleep 0.1; i=$((i+1)); done
+if [ "$keep" -gt 0 ] && [ -n "$name" ] && [ -d "$A" ] && ! busy; then
+  mkdir -p "$S"
+  count=$(ls -1 "$S" | wc -l)
+  if [ "$count" -lt "$keep" ] && mv -T "$W" "$S/$name" 2>/dev/null; then echo kept; exit 0; fi
+fi
+rm -rf "$W"; [ -n "$name" ] && rm -rf "$A"
+$G --git-dir="$B" worktree prune 2>/dev/null
+echo removed
+"""
+
+SPARES_PER_PROJECT = 2
+
+
+def retire_worktree(client, bare: str, worktree: str, admin: str | None, spare: str | None, session: str) -> bool:
+    """At a session's stop (its work already captured): keep the tree as the project's spare, or
+    delete it. A tree is kept only when no process of the session is left (none with its
+    POSTURE_SESSION or its cwd in the tree) and the pool has room; True when kept."""
+    keep = SPARES_PER_PROJECT if (spare and admin) else 0
+    args = [REMOTE_GIT_SH, bare, worktree, spare or "/nonexistent", admin or "", session, str(keep)]
+    code, out, _ = run_script(client, _RETIRE.strip(), argv=args)
+    return code == 0 and out.strip().endswith("kept")
 
 
 def capture_remote(client, worktree: str, ref: str, message: str) -> str | None:
