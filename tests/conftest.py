@@ -4,10 +4,7 @@ and the real `posture` console script."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,49 +13,7 @@ import pytest
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 
-
-def posture_bin() -> str:
-    """The installed console script next to the running interpreter (the venv CI uses)."""
-    candidate = Path(sys.executable).parent / "posture"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("posture")
-    if not found:
-        raise RuntimeError("the posture console script is not installed; run scripts/install-deps")
-    return found
-
-
-@dataclass
-class User:
-    """An isolated posture user: its own HOME, XDG dirs and git identity."""
-
-    home: Path
-    env: dict[str, str]
-
-    @property
-    def config_file(self) -> Path:
-        return Path(self.env["XDG_CONFIG_HOME"]) / "posture" / "config.toml"
-
-    @property
-    def state(self) -> Path:
-        return Path(self.env["XDG_STATE_HOME"]) / "posture"
-
-    def write_config(self, text: str) -> Path:
-        self.config_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(text)
-        return self.config_file
-
-    def run(self, *args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run the real `posture` console script as this user."""
-        return subprocess.run(
-            [posture_bin(), *args],
-            cwd=cwd or self.home,
-            env=self.env,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+from support import User, git, posture_bin  # noqa: E402,F401  (re-exported for older imports)
 
 
 @pytest.fixture
@@ -83,14 +38,6 @@ def user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return User(home=home, env=env)
-
-
-def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run git for a test; return stdout."""
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)}: {proc.stderr}")
-    return proc.stdout.strip()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import subprocess
 import os
 from pathlib import Path
 
-from conftest import git
+from support import git
 from posture import checkpoint
 
 

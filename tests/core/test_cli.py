@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import User
+from support import User
 
 
 def one_line(proc) -> str:
@@ -108,7 +108,7 @@ def test_shell_completion(user: User) -> None:
     env = {**user.env, "_POSTURE_COMPLETE": "complete_bash", "COMP_WORDS": "posture ex", "COMP_CWORD": "1"}
     import subprocess
 
-    from conftest import posture_bin
+    from support import posture_bin
 
     proc = subprocess.run([posture_bin()], env=env, capture_output=True, text=True)
     assert proc.returncode == 0 and set(proc.stdout.split()) == {"exec", "explain"}

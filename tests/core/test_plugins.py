@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import User
+from support import User
 
 PLUGIN = '''
 from posture.hookspecs import hookimpl

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import User
+from support import User
 
 
 def explain(user: User, repo: Path, *flags: str) -> dict:

@@ -24,7 +24,7 @@ from l2env import start_netd, stop_netd  # noqa: E402
 from l4.vps import STANDIN_BIN, Vps, start_vps, stop_vps, write_scenario  # noqa: E402
 from testnet import TestNet, testnet  # noqa: E402
 
-from conftest import User, posture_bin  # noqa: E402
+from support import User, posture_bin  # noqa: E402
 from posture import cgroups  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git
+from support import git
 from ladder.conftest import Ladder
 
 pytestmark = [pytest.mark.root, pytest.mark.l2, pytest.mark.l4]
