@@ -123,10 +123,7 @@ def escalate(session_id: str | None, to: str | None, reason: str) -> SessionReco
         if esc["step"] == "launch":
             _fault("launch")
             child_record = store.get(esc["child"])
-            prof = profiles.load(child_record.profile)
-            argv = record.data.get("agent_argv") or prof.resume
-            if argv == prof.command:
-                argv = prof.resume
+            argv = _agent_argv(record, child_record.profile)
             runner.launch_agent(runner.reopen(child_record), argv)
             child_record.data["agent_argv"] = argv
             _save(child_record)
@@ -161,6 +158,13 @@ def escalate(session_id: str | None, to: str | None, reason: str) -> SessionReco
     return store.get(record.data["escalation"]["child"])
 
 
+def _agent_argv(record: SessionRecord, profile: str) -> list[str]:
+    """What the higher session runs: the lower one's agent, as the profile's `resume` command."""
+    prof = profiles.load(profile)
+    argv = record.data.get("agent_argv") or prof.resume
+    return prof.resume if argv == prof.command else argv
+
+
 def _start_child(record: SessionRecord, target: str) -> SessionRecord:
     """Start the higher session, or reuse the one an interrupted run already started."""
     store = SessionStore()
@@ -178,6 +182,8 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
     session = runner.open_session(p, parent=record.id, view_needed=False)
     child = session.record
     child.data["from_checkpoint"] = esc.get("checkpoint")
+    # a backend may start the agent as part of start(), on the connection it already holds (L4 does)
+    child.data["launch_argv"] = _agent_argv(record, child.profile)
     store.save(child)
     esc["child"] = child.id  # known before its keeper starts, so an interrupted run finds it
     _save(record)

@@ -148,6 +148,10 @@ class TailnetSession(Session):
         view_env = dict(self.view.env.env) if self.view is not None else {}
         env, dropped = remote_env(view_env, self.record.id, home, user)
         self.record.data.update({"worktree": abs_worktree, "home": home, "env": env, "env_not_sent": dropped})
+        if self.record.data.get("launch_argv"):
+            # asked for up front (escalate does): start the agent on this connection, saving the
+            # caller a second SSH login to do it
+            self.launch(list(self.record.data["launch_argv"]))
 
     def _command(self, argv: list[str], tty: bool) -> str:
         from ..l4 import ssh
@@ -170,13 +174,18 @@ class TailnetSession(Session):
         return ssh.run_interactive(self.client(), self._command(argv, tty), tty)
 
     def launch(self, argv: list[str]) -> None:
-        """Start the agent in this session's own tmux server on the host."""
+        """Start the agent in this session's own tmux server on the host (once: when start() already
+        launched this very command, there is nothing to do)."""
         from ..l4 import ssh
+
+        if self.record.data.get("launched") == list(argv):
+            return
 
         command = self._command(["tmux", "-L", self.tmux_socket, "new-session", "-d", "-s", TMUX_WINDOW, "-x", "200", "-y", "50", "--", *argv], tty=False)
         code = ssh.run_interactive(self.client(), command, tty=False, forward_stdin=False)
         if code != 0:
             raise InternalError(f"could not start the agent on the L4 host (tmux exited {code})")
+        self.record.data["launched"] = list(argv)
 
     def agent_running(self) -> bool:
         """True while the agent's tmux session exists on the host."""
