@@ -32,7 +32,7 @@ from ..view import View
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_MEMORY_MIB = 512
-DEFAULT_CPUS = 1
+DEFAULT_CPUS = 2 if (os.cpu_count() or 1) >= 2 else 1  # the second one warms the agent's python while the first boots
 DEFAULT_BOOT_TIMEOUT = 60
 EXPOSED_ROOT = Path("/run/posture-l3")  # files QEMU (libvirt's qemu user) must open: kernel, initrd, sockets
 ROOT_FIX = "run posture as root for L3 (libvirt's system instance, virtiofsd and the staging mounts need it)"
@@ -43,7 +43,7 @@ _T0 = time.monotonic()
 
 def _t(what: str) -> None:
     if os.environ.get("POSTURE_DEBUG_TIMING"):
-        print(f"[l3 {time.monotonic() - _T0:.3f}] {what}", file=__import__("sys").stderr, flush=True)
+        print(f"[l3 {time.monotonic() - _T0:.3f} @{time.time():.3f}] {what}", file=__import__("sys").stderr, flush=True)
 
 
 def _libvirt():
@@ -184,6 +184,7 @@ class LibvirtSession(Session):
             self.net = l3net.attach(plan_net, self.dom, self.name)
             self.record.data["net"] = self.net.describe()
             self.dom.resume()
+        _t("running")
         self.mux = Mux(spec.channel_socket, self.record.data["exec_socket"])
         self.mux.start()
         timeout = float(l3.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))
@@ -245,6 +246,7 @@ class LibvirtSession(Session):
         return self.dom
 
     def stop(self) -> None:
+        _t("stop")
         libvirt = _libvirt()
         data = self.record.data
         try:
@@ -255,16 +257,20 @@ class LibvirtSession(Session):
                 pass
         except Unavailable:
             pass
+        _t("destroyed")
         if self.mux is not None:
             self.mux.close()
             self.mux = None
+        _t("mux closed")
         virtiofs.stop(self.stage, None if self.stage else data.get("stage_pid"))
         self.stage = None
+        _t("virtiofsd stopped")
         if self.net is not None:
             self.net.release()
             self.net = None
         elif data.get("net"):
             l3net.release_described(data["net"])
+        _t("net released")
         virtiofs.remove_placeholders(data.get("placeholders") or [])
         if data.get("exposed"):
             shutil.rmtree(data["exposed"], ignore_errors=True)
@@ -282,6 +288,20 @@ class LibvirtSession(Session):
         out = self.record.public()
         out["vm"] = {k: self.record.data.get(k) for k in ("domain", "accel", "uri", "network")}
         return out
+
+
+def _kvm_node_check(qemu_gid: int | None) -> Check:
+    """/dev/kvm must be usable by libvirt's QEMU group, or libvirt 9 re-probes QEMU on every lookup (minutes per VM)."""
+    name = "l3 /dev/kvm"
+    try:
+        st = os.stat("/dev/kvm")
+    except OSError:
+        return Check(name, True, "absent (TCG only)")
+    usable = bool(st.st_mode & 0o006) or (qemu_gid is not None and st.st_gid == qemu_gid and st.st_mode & 0o060 == 0o060)
+    if usable:
+        return Check(name, True, "usable by libvirt's QEMU user")
+    return Check(name, False, f"mode {st.st_mode & 0o777:o}, group {st.st_gid}: libvirt's QEMU user cannot open it, so libvirt re-probes QEMU on every start (slow)",
+                 "chgrp kvm /dev/kvm && chmod 0660 /dev/kvm (what Debian's udev rule does)")
 
 
 class LibvirtBackend(Backend):
@@ -314,9 +334,12 @@ class LibvirtBackend(Backend):
                 caps = conn.getDomainCapabilities(None, "x86_64", "q35", "qemu")
                 memfd = "memfd" in caps
                 ver = conn.getLibVersion()
+                _qemu_uid, qemu_gid = qemu_ids(conn)
             finally:
                 conn.close()
             checks.append(Check("l3 libvirtd", True, f"{uri} answers (libvirt {ver // 1000000}.{ver // 1000 % 1000})"))
+            if probe:
+                checks.append(_kvm_node_check(qemu_gid))
             checks.append(Check("l3 shared memory", memfd, "memfd memory backing supported" if memfd else "memfd memory backing not offered", "" if memfd else "use libvirt >= 6.0 and QEMU >= 4.0"))
         except Unavailable as exc:
             checks.append(Check("l3 libvirtd", False, exc.message, exc.fix or ""))

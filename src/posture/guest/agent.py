@@ -17,7 +17,6 @@ import json
 import os
 import selectors
 import signal
-import socket
 import struct
 import sys
 import termios
@@ -65,7 +64,7 @@ class Agent:
     def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
         self.by_pid: dict[int, Proc] = {}
-        self.listener: socket.socket | None = None
+        self.listener = None  # a socket.socket in the socket modes
         self.sig_r, sig_w = os.pipe()
         os.set_blocking(self.sig_r, False)
         os.set_blocking(sig_w, False)
@@ -75,6 +74,8 @@ class Agent:
 
     # ------------------------------------------------------------ connections
     def listen(self, path: str) -> None:
+        import socket  # only the socket modes need it (an emulated guest starts faster without)
+
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -89,6 +90,8 @@ class Agent:
 
     def listen_fd(self, fd: int) -> None:
         """Serve a listening socket the host bound and handed over (the sandbox never sees its path)."""
+        import socket
+
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
         self.listener = sock

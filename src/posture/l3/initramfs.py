@@ -23,18 +23,24 @@ from ..errors import Unavailable
 # What the guest needs, in the order the modules must load (dependencies are added first).
 MODULES: tuple[str, ...] = (
     "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
-    "virtio_console", "fuse", "virtiofs", "failover", "net_failover", "virtio_net",
+    "fuse", "virtiofs", "virtio_console", "failover", "net_failover", "virtio_net",
 )
-BUSYBOX_APPLETS = ("sh", "mount", "mkdir", "insmod", "switch_root", "cat", "ip", "ln", "touch", "echo", "sleep", "usleep", "seq", "poweroff")
+BUSYBOX_APPLETS = ("sh", "mount", "mkdir", "insmod", "switch_root", "cat", "ip", "ln", "touch", "echo", "sleep", "usleep", "seq", "poweroff", "chroot")
 
 INIT = r"""#!/bin/sh
 export PATH=/bin
 mount -t devtmpfs dev /dev
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-for m in $(cat /modules.order); do insmod /lib/modules/$m.ko || echo "posture-init: insmod $m failed"; done
-mkdir -p /newroot
-mount -t virtiofs -o ro root /newroot || { echo "posture-init: cannot mount the root share"; poweroff -f; }
+for m in $(cat /modules.order); do
+  insmod /lib/modules/$m.ko || echo "posture-init: insmod $m failed"
+  if [ $m = virtiofs ]; then
+    # the root share first; then warm up python (the agent's interpreter) on another vCPU while the rest loads
+    mount -t virtiofs -o ro root /newroot || { echo "posture-init: cannot mount the root share"; poweroff -f; }
+    read online < /sys/devices/system/cpu/online
+    [ "$online" != 0 ] && [ -x /newroot/.posture-guest/warm ] && chroot /newroot /.posture-guest/warm &
+  fi
+done
 mount -t virtiofs rw /newroot/.posture-guest/rw || { echo "posture-init: cannot mount the rw share"; poweroff -f; }
 . /newroot/.posture-guest/setup.sh
 echo "posture-init: setup failed"

@@ -131,6 +131,9 @@ def plan(view: View, stage: Path, network: bool, agent: dict[str, Path] | None =
         ops.append({"op": "write", "path": root + target, "data": data, "mode": 0o644})
     for name, src in (agent or {}).items():
         ops.append({"op": "copy", "src": str(src), "path": f"{root}{GUEST}/{name}"})
+    # run by the initramfs in the background as soon as this share is mounted (see initramfs.INIT)
+    warm = f"#!/bin/sh\nexec {GUEST_PYTHON} -I -S -c 'import sys; sys.path.insert(0, \"{GUEST}\"); import agent' 2>/dev/null\n"
+    ops.append({"op": "write", "path": f"{root}{GUEST}/warm", "data": warm, "mode": 0o755})
 
     # ---- rw share: the project with its protected paths, and every extra bind
     ops.append({"op": "tmpfs", "path": rw, "size": "1m"})

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Boot-to-first-command of `posture exec --level l3 -- echo MARK`, side by side with a bare
+`qemu-system-x86_64 -kernel ... -initrd ...` direct boot of the same kernel whose trivial init
+prints a marker (the floor), with the same accelerator, as a ratio of medians.
+
+Both are timed from process start until the marker reaches our stdout; posture's total
+wall time (including the VM's teardown) is printed too. Run as root: it brings up the
+test network, `posture netd` and a private libvirtd in a network namespace of its own
+(nothing in the root namespace), exactly like tests/l3.
+
+    bench/l3_boot.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT / "tests", ROOT / "tests" / "l3", ROOT / "tests" / "l2"):
+    sys.path.insert(0, str(p))
+
+POSTURE = "/usr/local/bin/posture" if os.access("/usr/local/bin/posture", os.X_OK) else (shutil.which("posture") or "posture")
+MARK = "posture-bench-mark"
+
+
+def until_marker(argv: list[str], marker: str, env: dict[str, str] | None = None, cwd: str | None = None,
+                 timeout: float = 300) -> tuple[float, float]:
+    """(seconds until `marker` appears on stdout, seconds until the process exits)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    seen, buf = None, b""
+    deadline = start + timeout
+    while seen is None and time.perf_counter() < deadline:
+        if not sel.select(timeout=1):
+            continue
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        buf += chunk
+        if marker.encode() in buf:
+            seen = time.perf_counter() - start
+    out, err = proc.communicate(timeout=timeout)
+    total = time.perf_counter() - start
+    if seen is None:
+        raise SystemExit(f"{argv[0]}: no marker ({proc.returncode}): {(buf + out).decode(errors='replace')[-400:]} {err.decode(errors='replace')[-800:]}")
+    return seen, total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cpus", type=int, default=0, help="[l3] cpus for posture's VM (default: posture's default)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/l3_boot.py: run as root")
+
+    from l2env import start_netd, stop_netd
+    from privlibvirtd import private_libvirtd
+    from testnet import testnet
+
+    from posture import cgroups
+    from posture.l3 import accel, initramfs, kernel
+
+    k = kernel.find_kernel({})
+    acc, why = accel.choose(k)
+    work = Path(tempfile.mkdtemp(prefix="posture-l3-bench-"))
+    os.chmod(work, 0o755)
+    floor_initrd = initramfs.cached(work, k.modules, kernel.find_busybox(),
+                                    initramfs.TRIVIAL_INIT.replace("posture-probe-ok", MARK), ())
+    floor_argv = accel.boot_argv(k, floor_initrd, acc)
+
+    project = work / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    home = work / "home"
+    home.mkdir()
+    tag = uuid.uuid4().hex[:6]
+    base, table = f"posture-l3bench-{tag}", f"posture_l3bench_{tag}"
+    rundir = Path(f"/run/posture-l3-bench-{tag}")
+    rundir.mkdir(mode=0o755)
+    floor: list[float] = []
+    first: list[float] = []
+    total: list[float] = []
+    try:
+        with testnet() as net:
+            netd_proc = start_netd(net, str(rundir / "netd.sock"), base, table)
+            try:
+                with private_libvirtd(net.gw, work / "libvirtd") as uri:
+                    cfg = work / "xdg" / "config" / "posture"
+                    cfg.mkdir(parents=True)
+                    cpus = f"cpus = {args.cpus}\n" if args.cpus else ""
+                    (cfg / "config.toml").write_text(f'[l3]\nuri = "{uri}"\naccel = "{acc}"\n{cpus}')
+                    env = {
+                        "HOME": str(home), "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                        "XDG_CONFIG_HOME": str(work / "xdg" / "config"), "XDG_STATE_HOME": str(work / "xdg" / "state"),
+                        "XDG_DATA_HOME": os.environ.get("XDG_DATA_HOME", "/root/.local/share"),
+                        "POSTURE_NETD_SOCKET": str(rundir / "netd.sock"),
+                    }
+                    posture_argv = [POSTURE, "exec", str(project), "--level", "l3", "--profile", "shell", "--", "echo", MARK]
+                    until_marker(posture_argv, MARK, env=env, cwd=str(project))  # warm caches (initramfs, agent, libvirt)
+                    for _ in range(args.runs):
+                        floor.append(until_marker(floor_argv, MARK)[0])
+                        seen, whole = until_marker(posture_argv, MARK, env=env, cwd=str(project))
+                        first.append(seen)
+                        total.append(whole)
+            finally:
+                stop_netd(netd_proc)
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            cgroups.remove(base)
+        except OSError:
+            pass
+    f, p, t = statistics.median(floor), statistics.median(first), statistics.median(total)
+    print(f"accelerator: {acc} ({why})")
+    print(f"kernel: {k.image}; posture's VM: {args.cpus or 'default'} vCPUs, the floor's: 1")
+    print(f"{'':34}{'median':>9}{'min':>9}{'max':>9}   (s, {args.runs} runs)")
+    print(f"{'bare qemu -kernel/-initrd (floor)':34}{f:9.2f}{min(floor):9.2f}{max(floor):9.2f}")
+    print(f"{'posture exec --level l3 (1st cmd)':34}{p:9.2f}{min(first):9.2f}{max(first):9.2f}")
+    print(f"{'posture exec --level l3 (total)':34}{t:9.2f}{min(total):9.2f}{max(total):9.2f}")
+    print(f"ratio boot-to-first-command / floor: {p / f:.2f}x (target <= 1.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
