@@ -54,6 +54,58 @@ if _dir:
     atexit.register(_dump)
 """
 
+# --trace: a timeline across processes (CLOCK_MONOTONIC is shared): selected posture functions are
+# wrapped as their modules load, and write "time pid name begin|end" lines.
+TRACE_HOOK = r"""
+import os, sys, time, functools, importlib.abc, importlib.machinery
+_out = os.environ.get("POSTURE_BENCH_TRACE")
+_T = {
+    "posture.cli": ["main"],
+    "posture.escalate": ["escalate", "_start_child"],
+    "posture.runner": ["plan", "spawn_keeper", "keeper_main", "launch_agent", "down", "_start", "reopen", "open_session"],
+    "posture.checkpoint": ["capture"],
+    "posture.view": ["build_view"],
+    "posture.audit": ["record"],
+    "posture.l4.tailscale": ["find_peer"],
+    "posture.l4.ssh": ["connect", "_paramiko"],
+    "posture.l4.sync": ["push", "checkout", "resolve"],
+    "posture.backends.tailnet": ["TailnetSession.start", "TailnetSession.launch", "TailnetSession.client"],
+    "posture.backends.bwrap": ["BwrapSession.stop", "BwrapSession.freeze"],
+}
+def _log(name, what):
+    with open(_out, "a") as fh:
+        fh.write(f"{time.monotonic():.4f} {os.getpid()} {name} {what}\n")
+def _wrap(name, fn):
+    @functools.wraps(fn)
+    def w(*a, **k):
+        _log(name, "begin")
+        try:
+            return fn(*a, **k)
+        finally:
+            _log(name, "end")
+    return w
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _T:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        orig = spec.loader.exec_module
+        def exec_module(module, orig=orig, fullname=fullname):
+            orig(module)
+            for dotted in _T[fullname]:
+                obj, _, attr = dotted.rpartition(".")
+                holder = getattr(module, obj) if obj else module
+                if hasattr(holder, attr):
+                    setattr(holder, attr, _wrap(dotted, getattr(holder, attr)))
+        spec.loader.exec_module = exec_module
+        return spec
+if _out:
+    _log("interpreter", " ".join(os.path.basename(x) for x in sys.argv[:2]) or "start")
+    sys.meta_path.insert(0, _Finder())
+"""
+
 
 def posture_bin() -> str:
     candidate = Path(sys.executable).parent / "posture"
@@ -122,9 +174,9 @@ def inner(args: argparse.Namespace) -> None:
 
     rows = []
     target = repo / "src0007" / "mod042.py"
-    total = args.rounds + (1 if args.profile else 0)
+    total = args.rounds + (1 if (args.profile or args.trace) else 0)
     for n in range(total):
-        profiling = args.profile and n == total - 1
+        profiling = (args.profile or args.trace) and n == total - 1
         sid = run([*posture, "up", "--level", "l2", "--detach", "--", "sleep", "100000"], env, repo).strip().splitlines()[-1]
         target.write_text(target.read_text() + f"one more line {n}\n")
         # the baseline's commit: the same tree as posture's checkpoint will be (untimed)
@@ -143,7 +195,11 @@ def inner(args: argparse.Namespace) -> None:
         child: list[str] = []
 
         def escalate() -> None:
-            extra = {"POSTURE_BENCH_PROFILE": args.profile_dir} if profiling else {}
+            extra = {}
+            if profiling and args.profile:
+                extra["POSTURE_BENCH_PROFILE"] = args.profile_dir
+            if profiling and args.trace:
+                extra["POSTURE_BENCH_TRACE"] = args.profile_dir + "/trace.txt"
             out = run([*posture, "escalate", "--session", sid, "--to", "l4"], {**env, **extra}, repo)
             child.append(out.strip().splitlines()[-1])
 
@@ -194,10 +250,10 @@ def outer(args: argparse.Namespace) -> None:
         rundir.mkdir(mode=0o755)
         base, table = f"posture-bench-{tag}", f"posture_bench_{tag}"
         profile_dir = work / "profiles"
-        if args.profile:
-            profile_dir.mkdir()
+        profile_dir.mkdir()
+        if args.profile or args.trace:
             (work / "hook").mkdir()
-            (work / "hook" / "sitecustomize.py").write_text(PROFILE_HOOK)
+            (work / "hook" / "sitecustomize.py").write_text(PROFILE_HOOK + TRACE_HOOK)
             env["PYTHONPATH"] = str(work / "hook")
         workdir = f"posture-bench-{tag}"
         try:
@@ -220,8 +276,7 @@ def outer(args: argparse.Namespace) -> None:
                     l4 = {"user": vps.user, "ip": vps.ip, "port": vps.port, "identity": str(vps.client_key), "workdir": workdir}
                     argv = [sys.executable, __file__, "--inner", "--work", str(work), "--rounds", str(args.rounds),
                             "--env", json.dumps(env), "--l4", json.dumps(l4), "--profile-dir", str(profile_dir)]
-                    if args.profile:
-                        argv.append("--profile")
+                    argv += ["--profile"] * args.profile + ["--trace"] * args.trace
                     proc = subprocess.run(["nsenter", f"--net={net.gw_path}", *argv], env=env, capture_output=True, text=True)
                     if proc.returncode != 0:
                         sys.exit(f"bench failed:\n{proc.stderr[-4000:]}")
@@ -244,6 +299,8 @@ def outer(args: argparse.Namespace) -> None:
                 pass
         if args.profile:
             report_profiles(profile_dir)
+        if args.trace:
+            report_trace(profile_dir / "trace.txt")
 
     med_p = statistics.median(r["posture"] for r in rows)
     med_b = statistics.median(r["baseline"] for r in rows)
@@ -276,11 +333,31 @@ def report_profiles(directory: Path) -> None:
             print(f"  {ct:7.3f}s {nc:5}x  {name}")
 
 
+def report_trace(path: Path) -> None:
+    """The traced escalation as a timeline: seconds since its first event, per process, nested."""
+    lines = [line.split(" ", 3) for line in path.read_text().splitlines()]
+    t0 = float(lines[0][0])
+    depth: dict[str, int] = {}
+    pids: dict[str, str] = {}
+    print("\n=== timeline of one escalation (s since start; process; function)")
+    for t, pid, name, what in lines:
+        tag = pids.setdefault(pid, f"p{len(pids) + 1}")
+        if name == "interpreter":
+            print(f"  {float(t) - t0:7.3f} {tag} python started: {what}")
+            continue
+        if what == "end":
+            depth[pid] = depth.get(pid, 1) - 1
+        print(f"  {float(t) - t0:7.3f} {tag} {'  ' * depth.get(pid, 0)}{name} {what}")
+        if what == "begin":
+            depth[pid] = depth.get(pid, 0) + 1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--trace", action="store_true", help="print a cross-process timeline of one extra escalation")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--env", help=argparse.SUPPRESS)
