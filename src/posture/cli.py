@@ -177,24 +177,17 @@ def escalate(
 
 
 @app.command()
-def pull(session: Optional[str] = typer.Option(None, "--session", help="Session id (default: the only running one).")) -> int:
+def pull(session: Optional[str] = typer.Option(None, "--session", help="Session id (default: the current project's newest L4 session, running or stopped).")) -> int:
     """Fetch a remote session's work into refs/posture/<session>/... for review (never merged)."""
-    from . import runner
+    from .backends import tailnet
 
-    record = runner.live_record(session) if not session else runner.SessionStore().get(session)
-    handle = runner.reopen(record)
-    fetch = getattr(handle, "pull", None)
-    if not callable(fetch):
-        raise UsageError(f"session {record.id} is {record.level}: its work is already in the project directory", fix="`posture pull` is for l4 sessions")
-    result = fetch()
-    ref, stat = getattr(result, "ref", None), getattr(result, "stat", "")
-    if ref:
-        _out(ref)
-        if stat:
-            _out(stat.rstrip())
-        if getattr(result, "new", True) is False:
-            _err("posture: nothing new on the host since the last pull")
-        _err(f"posture: review with `git diff {getattr(result, 'base', '')} {ref}`; nothing was merged or checked out")
+    result = tailnet.pull_session(session, None if session else Path.cwd())
+    _out(result.ref)
+    if result.stat:
+        _out(result.stat.rstrip())
+    if not result.new:
+        _err("posture: nothing new on the host since the last pull")
+    _err(f"posture: review with `git diff {result.base} {result.ref}`; nothing was merged or checked out")
     return 0
 
 

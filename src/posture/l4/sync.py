@@ -209,7 +209,10 @@ def capture_remote(client, worktree: str, ref: str, message: str) -> str | None:
         "if [ -f \"$gd/index\" ]; then cp \"$gd/index\" \"$idx\"; fi; export GIT_INDEX_FILE=\"$idx\"; "
         f"export {GIT_AUTHOR}; "
         "$G add --all -- . ; tree=$($G write-tree); head=$($G rev-parse --verify HEAD); "
+        f"old=$($G rev-parse -q --verify {_q(ref + '^{commit}')} || true); "
         "if [ \"$($G rev-parse HEAD^{tree})\" = \"$tree\" ]; then c=$head; "
+        # the same work as the last capture: keep its commit, so a later pull finds nothing new
+        "elif [ -n \"$old\" ] && [ \"$($G rev-parse \"$old^{tree}\")\" = \"$tree\" ] && [ \"$($G rev-parse -q --verify \"$old^\")\" = \"$head\" ]; then c=$old; "
         f"else c=$($G commit-tree \"$tree\" -p \"$head\" -m {_q(message)}); fi; "
         f"$G update-ref {_q(ref)} \"$c\"; echo \"$c\""
     )
