@@ -15,7 +15,11 @@ _SCHEMA: config.Schema = {
     "description": config._str,
     "command": config._list_of(config._str, "strings"),
     "resume": config._list_of(config._str, "strings"),
-    "state": {"dirs": config._list_of(config._repo_path, "home-relative paths"), "files": config._list_of(config._repo_path, "home-relative paths")},
+    "state": {
+        "dirs": config._list_of(config._repo_path, "home-relative paths"),
+        "files": config._list_of(config._repo_path, "home-relative paths"),
+        "project_keyed": config._list_of(config._repo_path, "home-relative paths"),
+    },
     "credentials": {"files": config._list_of(config._repo_path, "home-relative paths")},
     "env": {"pass": config._ENV_PATTERNS, "secrets": config._ENV_LIST},
     "protect": {"paths": config._REPO_PATHS},
@@ -32,6 +36,10 @@ class Profile:
     resume: list[str] = field(default_factory=list)  # continues the last conversation (after an escalation)
     state_dirs: list[str] = field(default_factory=list)
     state_files: list[str] = field(default_factory=list)
+    # Directories (inside the state) whose entries are named after the agent's working directory,
+    # every non-alphanumeric character replaced by '-' (Claude Code's ~/.claude/projects/<key>):
+    # where the work tree's path changes (L4), posture maps the key so the history is found.
+    state_project_keyed: list[str] = field(default_factory=list)
     credential_files: list[str] = field(default_factory=list)
     env_pass: list[str] = field(default_factory=list)
     env_secrets: list[str] = field(default_factory=list)
@@ -75,6 +83,7 @@ def _from_dict(name: str, d: dict[str, Any]) -> Profile:
         resume=list(d.get("resume") or d["command"]),
         state_dirs=list(d.get("state", {}).get("dirs", [])),
         state_files=list(d.get("state", {}).get("files", [])),
+        state_project_keyed=list(d.get("state", {}).get("project_keyed", [])),
         credential_files=list(d.get("credentials", {}).get("files", [])),
         env_pass=list(d.get("env", {}).get("pass", [])),
         env_secrets=list(d.get("env", {}).get("secrets", [])),

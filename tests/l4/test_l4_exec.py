@@ -74,10 +74,10 @@ def test_no_agent_no_secrets_no_user_env_reach_the_host(l4, make_repo, tmp_path:
         assert proc.returncode == 0, proc.stderr
         seen = json.loads(proc.stdout)
         remote_env = seen["env"]
-        # controls: allowlisted values travel, posture's own variables are set, HOME is the host's
+        # controls: allowlisted values travel, posture's own variables are set, HOME is the project's agent state home on the host
         assert remote_env["PROJECT_COLOR"] == "teal" and remote_env["LANG"] == "C.UTF-8"
         assert remote_env["POSTURE_LEVEL"] == "l4" and remote_env["POSTURE_SESSION"]
-        assert remote_env["HOME"] == str(l4.vps.home)
+        assert remote_env["HOME"].startswith(f"{l4.vps.home}/{l4.workdir}/state/") and remote_env["HOME"].endswith("/shell/home")
         # the promise, from the command's side
         for name in ("SSH_AUTH_SOCK", "MY_API_TOKEN", "AWS_SECRET_ACCESS_KEY", "UNLISTED_VAR", "XDG_STATE_HOME", "SSH_CONNECTION", "SSH_CLIENT"):
             assert name not in remote_env, name

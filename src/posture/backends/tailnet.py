@@ -145,13 +145,29 @@ class TailnetSession(Session):
         home, abs_worktree = tree.home, tree.worktree
         self.record.data.update({"tree": tree.admin, "tree_reused": tree.reused})
         user = str(ssh.require(self.l4, "user"))
+        agent_home = self._carry_state(client, layout, key, abs_worktree) if self.view is not None else home
         view_env = dict(self.view.env.env) if self.view is not None else {}
-        env, dropped = remote_env(view_env, self.record.id, home, user)
-        self.record.data.update({"worktree": abs_worktree, "home": home, "env": env, "env_not_sent": dropped})
+        env, dropped = remote_env(view_env, self.record.id, agent_home, user)
+        self.record.data.update({"worktree": abs_worktree, "home": home, "agent_home": agent_home, "env": env, "env_not_sent": dropped})
         if self.record.data.get("launch_argv"):
             # asked for up front (escalate does): start the agent on this connection, saving the
             # caller a second SSH login to do it
             self.launch(list(self.record.data["launch_argv"]))
+
+    def _carry_state(self, client, layout, project_key: str, worktree: str) -> str:
+        """Send the project's agent state (never credential files) to its state home on the host,
+        map the working-directory keys, link the host's own credentials in; return that home."""
+        from .. import profiles
+        from ..l4 import state
+
+        profile = profiles.load(self.record.profile)
+        items = state.carried(self.view, profile.credential_files)
+        canonical, key = state.path_key(self.record.project), state.path_key(worktree)
+        keyed = [(d, canonical, key) for d in profile.state_project_keyed]
+        remote = state.remote_state_home(layout.workdir, project_key, profile.name)
+        home = state.send(client, remote, state.pack(items) if items else b"", keyed, profile.credential_files)
+        self.record.data["state_sent"] = len(items)
+        return home
 
     def _command(self, argv: list[str], tty: bool) -> str:
         from ..l4 import ssh
