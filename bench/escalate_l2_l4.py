@@ -71,6 +71,9 @@ _T = {
     "posture.l4.sync": ["push", "checkout", "resolve"],
     "posture.backends.tailnet": ["TailnetSession.start", "TailnetSession.launch", "TailnetSession.client"],
     "posture.backends.bwrap": ["BwrapSession.stop", "BwrapSession.freeze"],
+    "posture.netd": ["request"],
+    "posture.session": ["SessionStore.update", "SessionStore.save"],
+    "posture.policy.trust": ["raise_ratchet"],
 }
 def _log(name, what):
     with open(_out, "a") as fh:
@@ -177,7 +180,9 @@ def inner(args: argparse.Namespace) -> None:
     total = args.rounds + (1 if (args.profile or args.trace) else 0)
     for n in range(total):
         profiling = (args.profile or args.trace) and n == total - 1
-        sid = run([*posture, "up", "--level", "l2", "--detach", "--", "sleep", "100000"], env, repo).strip().splitlines()[-1]
+        # traced: the L2 keeper too (its stop is part of the escalation), but only from the escalation on
+        up_env = {**env, "POSTURE_BENCH_TRACE": args.profile_dir + "/trace-l2.txt"} if profiling and args.trace else env
+        sid = run([*posture, "up", "--level", "l2", "--detach", "--", "sleep", "100000"], up_env, repo).strip().splitlines()[-1]
         target.write_text(target.read_text() + f"one more line {n}\n")
         # the baseline's commit: the same tree as posture's checkpoint will be (untimed)
         idx = work / "bench-index"
@@ -300,7 +305,11 @@ def outer(args: argparse.Namespace) -> None:
         if args.profile:
             report_profiles(profile_dir)
         if args.trace:
-            report_trace(profile_dir / "trace.txt")
+            esc = (profile_dir / "trace.txt").read_text().splitlines()
+            t0 = float(esc[0].split()[0])
+            l2 = [x for x in (profile_dir / "trace-l2.txt").read_text().splitlines() if float(x.split()[0]) >= t0]
+            (profile_dir / "trace-all.txt").write_text("\n".join(sorted(esc + l2, key=lambda x: float(x.split()[0]))) + "\n")
+            report_trace(profile_dir / "trace-all.txt")
 
     med_p = statistics.median(r["posture"] for r in rows)
     med_b = statistics.median(r["baseline"] for r in rows)

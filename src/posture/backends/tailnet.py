@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -71,6 +72,13 @@ def remote_env(view_env: dict[str, str], session: str, home: str, user: str) -> 
     return env, sorted(dropped)
 
 
+def _import_paramiko() -> None:
+    try:
+        import paramiko  # noqa: F401, PLC0415
+    except ImportError:
+        pass  # ssh.connect reports it
+
+
 class TailnetSession(Session):
     """A session whose work tree and agent live on the L4 host."""
 
@@ -120,6 +128,10 @@ class TailnetSession(Session):
 
     def start(self) -> None:
         """Sync the checkpoint to the host and check it out into this session's work tree there."""
+        import threading
+
+        # paramiko takes a fifth of a second to import: let it load while git and the tailscale CLI run
+        threading.Thread(target=_import_paramiko, daemon=True).start()
         from ..l4 import ssh, sync
 
         project = Path(self.record.project)
@@ -141,33 +153,49 @@ class TailnetSession(Session):
         client = self.client()
         self.record.data.update({"bare": bare, "checkpoint_ref": ref, "checkpoint_commit": commit, "tmux": self.tmux_socket, "spare": spare})
         sync.push(client, project, commit, ref, bare)
-        tree = sync.checkout(client, bare, worktree, commit, spare)
-        home, abs_worktree = tree.home, tree.worktree
-        self.record.data.update({"tree": tree.admin, "tree_reused": tree.reused})
         user = str(ssh.require(self.l4, "user"))
-        agent_home = self._carry_state(client, layout, key, abs_worktree) if self.view is not None else home
         view_env = dict(self.view.env.env) if self.view is not None else {}
-        env, dropped = remote_env(view_env, self.record.id, agent_home, user)
-        self.record.data.update({"worktree": abs_worktree, "home": home, "agent_home": agent_home, "env": env, "env_not_sent": dropped})
+        env, dropped = remote_env(view_env, self.record.id, "", user)  # HOME is known once the host answers
+        then, then_args, tar = self._then(layout, key, env)
+        self.record.data["worktree"] = worktree  # until the host answers: so that stop() cleans up after a failure
+        # one round trip: the work tree (a spare brought up to date, or a full checkout), the agent's
+        # state, and the agent itself when asked for up front (escalate does: launch_argv)
+        tree = sync.checkout(client, bare, worktree, commit, spare, then=then, then_args=then_args, stdin=tar)
+        home, abs_worktree = tree.home, tree.worktree
+        agent_home = tree.more[0] if self.view is not None else home
+        env["HOME"] = agent_home
+        self.record.data.update({"tree": tree.admin, "tree_reused": tree.reused, "worktree": abs_worktree, "home": home,
+                                 "agent_home": agent_home, "env": env, "env_not_sent": dropped})
         if self.record.data.get("launch_argv"):
-            # asked for up front (escalate does): start the agent on this connection, saving the
-            # caller a second SSH login to do it
-            self.launch(list(self.record.data["launch_argv"]))
+            if tree.more[-1:] != ("launched",):
+                raise InternalError("could not start the agent on the L4 host (tmux failed)")
+            self.record.data["launched"] = list(self.record.data["launch_argv"])
 
-    def _carry_state(self, client, layout, project_key: str, worktree: str) -> str:
-        """Send the project's agent state (never credential files) to its state home on the host,
-        map the working-directory keys, link the host's own credentials in; return that home."""
+    def _then(self, layout, project_key: str, env: dict[str, str]) -> tuple[str, list[str], bytes]:
+        """The part of the start script after the checkout: receive the project's agent state (never
+        credential files) into its state home on the host, map the working-directory keys, link the
+        host's own credentials in ($AH = that home); then launch the agent if asked to."""
         from .. import profiles
-        from ..l4 import state
+        from ..l4 import ssh, state
 
-        profile = profiles.load(self.record.profile)
-        items = state.carried(self.view, profile.credential_files)
-        canonical, key = state.path_key(self.record.project), state.path_key(worktree)
-        keyed = [(d, canonical, key) for d in profile.state_project_keyed]
-        remote = state.remote_state_home(layout.workdir, project_key, profile.name)
-        home = state.send(client, remote, state.pack(items) if items else b"", keyed, profile.credential_files)
-        self.record.data["state_sent"] = len(items)
-        return home
+        script, args, tar = "", [], b""
+        if self.view is not None:
+            profile = profiles.load(self.record.profile)
+            items = state.carried(self.view, profile.credential_files)
+            tar = state.pack(items) if items else b""
+            remote = state.remote_state_home(layout.workdir, project_key, profile.name)
+            args = state.receive_args(remote, bool(tar), state.path_key(self.record.project), profile.state_project_keyed, profile.credential_files)
+            script = state.RECEIVE + 'receive_state "$@"; echo "$AH"\n'
+            self.record.data["state_sent"] = len(items)
+        else:
+            script = "AH=$H\n"
+        argv = self.record.data.get("launch_argv")
+        if argv:
+            tmux = ["tmux", "-L", self.tmux_socket, "new-session", "-d", "-s", TMUX_WINDOW, "-x", "200", "-y", "50", "--", *argv]
+            words = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(env.items()) if k != "HOME")]
+            line = " ".join(shlex.quote(w) for w in words) + ' "HOME=$AH" ' + " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", ssh.WRAPPER, "sh", *tmux])
+            script += f'cd "$Wabs"; {line} </dev/null >&2; cd "$H"; echo launched\n'
+        return script, args, tar
 
     def _command(self, argv: list[str], tty: bool) -> str:
         from ..l4 import ssh

@@ -158,7 +158,8 @@ def scan_host_key(ip: str, port: int) -> hostkeys.HostKey:
 # command's own status. The command starts with default handlers (traps reset on exec) and gets
 # the signal itself: OpenSSH's sshd delivers an SSH "signal" request to the whole process group,
 # and a pty delivers ^C to the foreground group.
-_WRAPPER = 'trap : INT TERM HUP QUIT; "$@"'
+WRAPPER = 'trap : INT TERM HUP QUIT; "$@"'
+_WRAPPER = WRAPPER
 
 
 def remote_command(argv: list[str], env: dict[str, str], cwd: str | None) -> str:
@@ -185,13 +186,16 @@ def send_signal(chan, name: str) -> None:
 SCRIPT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
 
 
-def run_script(client, script: str, timeout: float = 600.0, env: dict[str, str] | None = None, argv: list[str] | None = None) -> tuple[int, str, str]:
+def run_script(client, script: str, timeout: float = 600.0, env: dict[str, str] | None = None, argv: list[str] | None = None,
+               stdin: bytes = b"") -> tuple[int, str, str]:
     """Run a /bin/sh script on the host under `env -i` (PATH and LC_ALL only, unless `env`), with
-    positional parameters `argv` ($1...); (exit code, stdout, stderr)."""
+    positional parameters `argv` ($1...) and `stdin` as its input; (exit code, stdout, stderr)."""
     chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
     chan.settimeout(timeout)
     words = ["/bin/sh", "-c", script, "sh", *argv] if argv else ["/bin/sh", "-c", script]
     chan.exec_command(remote_command(words, env or SCRIPT_ENV, None))
+    if stdin:
+        chan.sendall(stdin)  # paramiko's transport thread keeps receiving meanwhile: no deadlock on output
     chan.shutdown_write()
     out, err = bytearray(), bytearray()
     while True:

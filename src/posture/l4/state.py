@@ -27,9 +27,6 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import Unavailable
-from .ssh import CONNECT_TIMEOUT, SCRIPT_ENV, remote_command
-
 
 def path_key(path: str) -> str:
     """The key an agent files a working directory's history under: non-alphanumerics become '-'."""
@@ -82,53 +79,37 @@ def pack(items: list[tuple[str, str]]) -> bytes:
     return buf.getvalue()
 
 
-_RECEIVE = r"""
-set -e
-S=$1; REAL=$(pwd -P); shift
-mkdir -p "$S"; cd "$S"
-if [ "$1" = tar ]; then tar -x --no-same-owner --keep-newer-files --warning=no-ignore-newer -f -; fi
-shift
-while [ "$1" != -- ]; do  # keyed dir, canonical key, this session's key
-  mkdir -p "$1/$2"
-  if [ "$2" != "$3" ] && ! { [ -d "$1/$3" ] && ! [ -L "$1/$3" ]; }; then rm -f -- "$1/$3"; ln -s -- "$2" "$1/$3"; fi
-  shift 3
-done
-shift
-for c in "$@"; do  # the host's own credential files, linked in unless the state holds its own
-  if [ -e "$REAL/$c" ] && ! { [ -f "$c" ] && ! [ -L "$c" ]; }; then mkdir -p -- "$(dirname -- "$c")"; rm -f -- "$c"; ln -s -- "$REAL/$c" "$c"; fi
-done
-pwd -P
+# A shell function for the host, run right after the work tree is checked out (sync.checkout's
+# `then`, same round trip; $H is the login directory, $Wabs the work tree, the tar on stdin):
+#   receive_state STATE_HOME tar|none [KEYED_DIR CANONICAL_KEY]... -- [CREDENTIAL_FILE]...
+# It sets $AH to the state home's absolute path.
+RECEIVE = r"""
+receive_state() {
+  S=$1; shift
+  mkdir -p "$S"; cd "$S"
+  if [ "$1" = tar ]; then tar -x --no-same-owner --keep-newer-files --warning=no-ignore-newer -f -; fi
+  shift
+  key=$(printf %s "$Wabs" | LC_ALL=C sed 's/[^A-Za-z0-9]/-/g')
+  while [ "$1" != -- ]; do  # this session's key becomes a link to the project's own entry
+    mkdir -p -- "$1/$2"
+    if [ "$2" != "$key" ] && ! { [ -d "$1/$key" ] && ! [ -L "$1/$key" ]; }; then rm -f -- "$1/$key"; ln -s -- "$2" "$1/$key"; fi
+    shift 2
+  done
+  shift
+  for c in "$@"; do  # the host's own credential files, linked in unless the state holds its own
+    if [ -e "$H/$c" ] && ! { [ -f "$c" ] && ! [ -L "$c" ]; }; then mkdir -p -- "$(dirname -- "$c")"; rm -f -- "$c"; ln -s -- "$H/$c" "$c"; fi
+  done
+  AH=$(pwd -P); cd "$H"
+}
 """
 
 
-def send(client, state_home: str, data: bytes, keyed: list[tuple[str, str, str]], credentials: list[str]) -> str:
-    """Unpack `data` into `state_home` on the host, link keyed entries and the host's credential
-    files; return the state home's absolute path."""
-    words = ["/bin/sh", "-c", _RECEIVE.strip(), "sh", state_home, "tar" if data else "none"]
-    for directory, canonical, key in keyed:
-        words += [directory, canonical, key]
-    words += ["--", *credentials]
-    chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
-    chan.settimeout(600.0)
-    chan.exec_command(remote_command(words, SCRIPT_ENV, None))
-    if data:
-        chan.sendall(data)
-    chan.shutdown_write()
-    out, err = bytearray(), bytearray()
-    while True:
-        chunk = chan.recv(65536)
-        if not chunk:
-            break
-        out += chunk
-    while chan.recv_stderr_ready():
-        err += chan.recv_stderr(65536)
-    code = chan.recv_exit_status()
-    while chan.recv_stderr_ready():
-        err += chan.recv_stderr(65536)
-    chan.close()
-    if code != 0:
-        raise Unavailable(f"carrying the agent's state to the host failed: {err.decode(errors='replace').strip()[-300:]}", fix="check disk space and tar on the host")
-    return out.decode().strip().splitlines()[-1]
+def receive_args(state_home: str, has_tar: bool, canonical: str, keyed_dirs: list[str], credentials: list[str]) -> list[str]:
+    """The arguments of `receive_state` for this session."""
+    args = [state_home, "tar" if has_tar else "none"]
+    for directory in keyed_dirs:
+        args += [directory, canonical]
+    return [*args, "--", *credentials]
 
 
 def remote_state_home(workdir: str, project_key: str, profile: str) -> str:

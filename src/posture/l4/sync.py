@@ -99,11 +99,12 @@ REMOTE_GIT_SH = " ".join(shlex.quote(w) for w in REMOTE_GIT)
 # locked, so that no `worktree prune` ever drops a tree while it moves between a session and the
 # spare pool. posture removes a tree's admin directory itself when it deletes the tree.
 _CHECKOUT = r"""
-set -e; pwd -P
-G=$1; B=$2; W=$3; S=$4; C=$5
+set -e; H=$(pwd -P)
+G=$1; B=$2; W=$3; S=$4; C=$5; shift 5
+{
 mkdir -p "$(dirname "$W")"
 Babs=$(cd "$B" && pwd -P)
-name=
+name=; mode=; Wabs=
 for d in "$S"/*; do
   [ -d "$d" ] || continue
   n=${d##*/}
@@ -124,15 +125,20 @@ if [ -n "$name" ]; then
      && $G --git-dir="$A" update-ref --no-deref HEAD "$C" \
      && (cd "$W" && $G --git-dir="$A" --work-tree=. reset --quiet --no-recurse-submodules --hard "$C" >&2 \
          && $G --git-dir="$A" --work-tree=. clean -ffdxq >&2); then
-    echo spare; echo "$name"; echo "$Wabs"; exit 0
+    mode=spare
+  else
+    rm -rf "$W" "$A"
   fi
-  rm -rf "$W" "$A"
 fi
-rm -rf "$W"
-$G --git-dir="$B" worktree prune
-$G --git-dir="$B" worktree add --quiet --lock --detach "$W" "$C" >/dev/null
-A=$(cd "$W" && $G rev-parse --absolute-git-dir)
-echo full; echo "${A##*/}"; cd "$W" && pwd -P
+if [ -z "$mode" ]; then
+  rm -rf "$W"
+  $G --git-dir="$B" worktree prune
+  $G --git-dir="$B" worktree add --quiet --lock --detach "$W" "$C" >/dev/null
+  A=$(cd "$W" && $G rev-parse --absolute-git-dir)
+  name=${A##*/}; mode=full; Wabs=$(cd "$W" && pwd -P)
+fi
+} </dev/null
+echo "$H"; echo "$mode"; echo "$name"; echo "$Wabs"
 """
 
 
@@ -144,23 +150,26 @@ class Checkout:
     worktree: str  # the work tree, absolute
     admin: str  # the tree's name under <bare>/worktrees/
     reused: bool  # True when a spare tree was brought up to date, False after a full checkout
+    more: tuple[str, ...] = ()  # what the `then` script printed
 
 
-def checkout(client, bare: str, worktree: str, commit: str, spare: str | None = None) -> Checkout:
+def checkout(client, bare: str, worktree: str, commit: str, spare: str | None = None,
+             then: str = "", then_args: list[str] | None = None, stdin: bytes = b"") -> Checkout:
     """Put exactly `commit` into the work tree `worktree` on the host.
 
     A spare tree of the project (`spare`, left by an earlier session) is claimed by an atomic
     rename and brought to `commit` incrementally (reset --hard, then clean -ffdx: the tree equals
     the commit exactly, ignored leftovers too; hooks and fsmonitor off); without one, a full
-    checkout is made.
+    checkout is made. `then` is more shell run in the same round trip right after, with
+    $H (login directory) and $Wabs (work tree) set, `then_args` as "$@" and `stdin` as its input.
     """
-    script = _CHECKOUT.strip()
-    args = [REMOTE_GIT_SH, bare, worktree, spare or "/nonexistent/posture-no-spare", commit]
-    code, out, err = run_script(client, script, argv=args)
+    script = _CHECKOUT.strip() + "\n" + then
+    args = [REMOTE_GIT_SH, bare, worktree, spare or "/nonexistent/posture-no-spare", commit, *(then_args or [])]
+    code, out, err = run_script(client, script, argv=args, stdin=stdin)
     if code != 0:
-        raise Unavailable(f"checking the checkpoint out on the host failed: {err.strip()[-300:]}", fix="check `posture doctor` (git on the host, disk space)")
+        raise Unavailable(f"starting the session on the host failed: {err.strip()[-300:]}", fix="check `posture doctor` (git on the host, disk space)")
     lines = out.strip().splitlines()
-    return Checkout(home=lines[0], worktree=lines[-1], admin=lines[-2], reused=lines[-3] == "spare")
+    return Checkout(home=lines[0], reused=lines[1] == "spare", admin=lines[2], worktree=lines[3], more=tuple(lines[4:]))
 
 
 _RETIRE = r"""
