@@ -197,7 +197,10 @@ def test_kill9_takes_the_vm_along(l3: L3) -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.strip() == b"up", proc.stderr.read() if proc.stderr else ""
+        if line.strip() != b"up":
+            proc.kill()
+            _out, err = proc.communicate()
+            raise AssertionError(f"the session did not start: {line!r} {err.decode(errors='replace')[-2000:]}")
         started = set(l3.domains()) - before
         assert len(started) == 1, started
         ids = [n[len("posture-"):] for n in started]

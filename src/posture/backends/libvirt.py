@@ -163,7 +163,7 @@ class LibvirtSession(Session):
         served = virtiofs.serve(self.view, run, gid, network, agent=virtiofs.agent_pycs(EXPOSED_ROOT / "boot"))
         _t("staged")
         self.stage = served.proc
-        self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders})
+        self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders, "placeholder_registry": served.registry})
         spec = domain.DomainSpec(
             name=self.name, kernel=str(image), initrd=str(initrd), accel=acc,
             memory_mib=int(l3.get("memory_mib", DEFAULT_MEMORY_MIB)), cpus=int(l3.get("cpus", DEFAULT_CPUS)),
@@ -271,7 +271,9 @@ class LibvirtSession(Session):
         elif data.get("net"):
             l3net.release_described(data["net"])
         _t("net released")
-        virtiofs.remove_placeholders(data.get("placeholders") or [])
+        if data.get("placeholder_registry") and data.get("placeholders"):
+            virtiofs.release_placeholders(data["placeholder_registry"], self.record.id)
+            data["placeholders"] = []
         if data.get("exposed"):
             shutil.rmtree(data["exposed"], ignore_errors=True)
         for name in ("exec.sock", "env.json"):

@@ -24,13 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import placeholders
 from ..channel import GUEST_DIR as AGENT_SRC
 from ..errors import Unavailable
 from ..view import View
 
 GUEST = "/.posture-guest"
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
-PLACEHOLDER_DIRS = {"hooks", "info", ".vscode", ".idea", ".cursor", ".claude", ".git"}
 CHANNEL_NAME = "org.posture.exec"
 GUEST_IP, GUEST_GW = "10.0.2.15/24", "10.0.2.2"  # QEMU user-mode networking's defaults
 GUEST_IP6, GUEST_GW6 = "fec0::15/64", "fec0::2"
@@ -55,22 +55,7 @@ class Plan:
 
     ops: list[dict] = field(default_factory=list)
     setup_sh: str = ""
-    placeholders: list[str] = field(default_factory=list)
-
-
-def _placeholder(path: Path, project: Path, made: list[str]) -> Path | None:
-    """Create a protected path that does not exist yet (its topmost missing ancestor), so it can be bound read-only."""
-    top = path
-    while not top.parent.exists() and top.parent != project:
-        top = top.parent
-    if top.is_symlink() or top.exists():
-        return top
-    if top.name in PLACEHOLDER_DIRS or top != path:
-        top.mkdir(mode=0o755)
-    else:
-        top.touch(mode=0o644)
-    made.append(str(top))
-    return top
+    wanted: list[tuple[str, bool]] = field(default_factory=list)  # placeholders to create: (path, is_dir)
 
 
 GUEST_PYTHON = "/usr/bin/python3"  # the view's python, which runs the exec agent in the guest
@@ -139,18 +124,24 @@ def plan(view: View, stage: Path, network: bool, agent: dict[str, Path] | None =
     ops.append({"op": "tmpfs", "path": rw, "size": "1m"})
     ops += [{"op": "mkdir", "path": f"{rw}/project"}, {"op": "bind", "src": view.project, "dst": f"{rw}/project", "ro": False}]
     ops += [{"op": "mkdir", "path": f"{rw}/empty"}, {"op": "touch", "path": f"{rw}/empty.file"}]
-    for protected in sorted(set(view.protected), key=_depth):
-        p = Path(protected)
+    points: list[str] = []
+    for protected in view.protected:
         if not _under(protected, view.project):
             continue  # outside the project the guest cannot see it at all
-        if not os.path.lexists(p):
-            made = _placeholder(p, project, out.placeholders)
-            if made is None:
+        point, is_dir = placeholders.mount_point(view.project, protected)
+        if os.path.islink(point):
+            # a mount follows the link: protect what it names when that is inside the project
+            real = os.path.realpath(point)
+            if _under(real, view.project) and os.path.exists(real):
+                point = real
+            else:
                 continue
-            p = made
-        if p.is_symlink():
-            continue  # a symlink cannot be a mount point; the path it names is outside the view
-        rel = os.path.relpath(p, project)
+        elif not os.path.lexists(point):
+            out.wanted.append((point, is_dir))
+        if point not in points:
+            points.append(point)
+    for point in sorted(points, key=_depth):
+        rel = os.path.relpath(point, project)
         ops.append({"op": "bind", "src": f"{rw}/project/{rel}", "dst": f"{rw}/project/{rel}", "ro": True})
     for denied in view.denied:
         p = Path(denied)
@@ -232,6 +223,7 @@ class Served:
     proc: subprocess.Popen
     sockets: dict[str, str]
     placeholders: list[str]
+    registry: str
 
 
 def _die_with_parent() -> None:
@@ -271,7 +263,8 @@ def serve(view: View, run_dir: Path, socket_group: int | None, network: bool, ti
     ]
     spec = run_dir / "stage.json"
     spec.write_text(json.dumps({"ops": p.ops, "daemons": daemons}))
-    (run_dir / "placeholders.json").write_text(json.dumps(p.placeholders))
+    registry = placeholders.registry_for(Path(view.project))
+    held = placeholders.acquire(registry, view.session, p.wanted) if p.wanted else []
     err = open(run_dir / "stage.log", "wb")
     proc = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "--", sys.executable, "-I", "-S", str(STAGE_SCRIPT), str(spec)],
@@ -285,25 +278,22 @@ def serve(view: View, run_dir: Path, socket_group: int | None, network: bool, ti
         proc.kill()
         proc.wait()
         detail = (run_dir / "stage.log").read_text(errors="replace").strip().splitlines()
-        remove_placeholders(p.placeholders)
+        release_placeholders(registry, view.session)
         raise Unavailable(f"staging the view for virtio-fs failed: {detail[-1] if detail else 'no output'}", fix=f"see {run_dir}/stage.log and virtiofsd-*.log")
     for s in sockets.values():
         if socket_group is not None:
             os.chmod(s, 0o660)
-    return Served(proc, sockets, p.placeholders)
+    return Served(proc, sockets, held, registry)
 
 
-def remove_placeholders(placeholders: list[str]) -> None:
-    """Remove the protected-path placeholders made at start, when they are still empty."""
-    for path in reversed(placeholders):
-        p = Path(path)
-        try:
-            if p.is_dir() and not p.is_symlink():
-                p.rmdir()
-            elif p.is_file() and p.stat().st_size == 0:
-                p.unlink()
-        except OSError:
-            pass
+def release_placeholders(registry: str, session: str) -> None:
+    """Drop `session`'s hold on its placeholders; remove those no live session holds."""
+    from ..session import SessionStore
+
+    def live() -> set[str]:
+        return {r.id for r in SessionStore().live(None) if r.id != session}
+
+    placeholders.release(registry, session, live)
 
 
 def stop(proc: subprocess.Popen | None, pid: int | None = None) -> None:
@@ -312,6 +302,13 @@ def stop(proc: subprocess.Popen | None, pid: int | None = None) -> None:
         pid = proc.pid
     if not pid:
         return
+    if proc is None:
+        # from another process: only signal it if that pid is still our staging process (pids get reused)
+        try:
+            if STAGE_SCRIPT.name.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return
+        except OSError:
+            return
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

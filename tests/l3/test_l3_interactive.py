@@ -1,0 +1,68 @@
+"""`posture up --level l3` on a real terminal: the agent gets a pty made inside the guest,
+the window size comes along, and the session (and its VM) ends with the agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import time
+
+import pytest
+from l3env import L3, POSTURE, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.l3]
+
+
+def _read_until(fd: int, needles: tuple[bytes, ...], timeout: float = 120) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not any(n in buf for n in needles) and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def test_up_attaches_a_terminal_and_ends_with_the_agent(l3: L3) -> None:
+    project = l3.make_project("interactive")
+    env = l3.env(COLUMNS="123", LINES="37")
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the user's terminal is this pty
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 37, 123, 0, 0))
+        os.chdir(str(project))
+        os.execve(POSTURE, [POSTURE, "up", "--level", "l3", "--profile", "shell"], env)
+    try:
+        first = _read_until(fd, (b"# ", b"$ "), timeout=180)
+        assert b"# " in first or b"$ " in first, first[-2000:]
+        os.write(fd, b"echo tty=$(tty) size=$(stty size) level=$POSTURE_LEVEL; echo done-$((6*7))\r")
+        out = _read_until(fd, (b"done-42",), timeout=60)
+        assert b"done-42" in out, out
+        text = out.decode(errors="replace")
+        assert "level=l3" in text and "size=36 123" in text, text  # tmux keeps one row for its status line
+        assert "tty=/dev/pts/" in text, text  # a pty of the guest's own devpts
+        os.write(fd, b"exit\r")
+        _read_until(fd, (b"\x00",), timeout=60)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        os.close(fd)
+    listed = json.loads(l3.posture("status", "--json").stdout)
+    mine = [s for s in listed if s["project"] == str(project)]
+    assert mine and all(s["status"] == "stopped" for s in mine), mine
+    assert wait_for(lambda: l3.domains() == [], 30), l3.domains()
