@@ -278,3 +278,14 @@ def test_approve_unknown_server_is_a_usage_error(user: User, make_repo) -> None:
     repo = make_repo(files={".mcp.json": json.dumps(MCP_JSON)})
     proc = user.run("mcp", "approve", str(repo), "nope")
     assert proc.returncode == 64 and "nope" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_posture_refs_do_not_count_as_authors(user: User, make_repo) -> None:
+    """Checkpoints (by posture) and work pulled back for review (by the agent) are not the project's history."""
+    from posture import checkpoint
+
+    user.write_config(TRUSTED)
+    repo = make_repo()
+    (repo / "x.txt").write_text("x")
+    checkpoint.capture(repo, "s1")
+    assert explain(user, repo)["level"] == "l2"

@@ -19,8 +19,11 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS / "l2"))
+sys.path.insert(0, str(TESTS / "l3"))
 
 from l2env import start_netd, stop_netd  # noqa: E402
+from privlibvirtd import private_libvirtd  # noqa: E402
+from l3env import REAL_DATA, _ensure_kernel  # noqa: E402
 from l4.vps import STANDIN_BIN, Vps, start_vps, stop_vps, write_scenario  # noqa: E402
 from testnet import TestNet, testnet  # noqa: E402
 
@@ -36,6 +39,7 @@ class Ladder:
     vps: Vps
     netd_sock: str
     netd_base: str
+    libvirt_uri: str
     user: User | None = None
 
     def posture(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -64,7 +68,7 @@ class Ladder:
 def _require() -> None:
     if os.geteuid() != 0:
         raise RuntimeError("the ladder tests need root (network namespaces, the network helper, sshd)")
-    for tool in ("bwrap", "slirp4netns", "nft", "/usr/sbin/sshd", "git", "tmux"):
+    for tool in ("bwrap", "slirp4netns", "nft", "/usr/sbin/sshd", "git", "tmux", "libvirtd", "qemu-system-x86_64"):
         if not (os.path.exists(tool) if tool.startswith("/") else shutil.which(tool)):
             raise RuntimeError(f"{tool} is missing: run scripts/install-deps")
 
@@ -80,7 +84,8 @@ def ladder_env() -> Iterator[Ladder]:
         netd_proc = start_netd(net, str(rundir / "netd.sock"), base, table)
         vps = start_vps(net)
         try:
-            yield Ladder(net=net, vps=vps, netd_sock=str(rundir / "netd.sock"), netd_base=base)
+            with private_libvirtd(net.gw, rundir / "libvirtd") as uri:
+                yield Ladder(net=net, vps=vps, netd_sock=str(rundir / "netd.sock"), netd_base=base, libvirt_uri=uri)
         finally:
             stop_vps(vps)
             stop_netd(netd_proc)
@@ -102,6 +107,9 @@ def ladder(ladder_env: Ladder, user: User, tmp_path: Path) -> Iterator[Ladder]:
             'identities = ["me@example.com"]',
             "[l2]",
             f'netd_socket = "{ladder_env.netd_sock}"',
+            "[l3]",
+            f'uri = "{ladder_env.libvirt_uri}"',
+            "boot_timeout = 180",
             "[l4]",
             'host = "vps"',
             f'user = "{vps.user}"',
@@ -112,6 +120,8 @@ def ladder(ladder_env: Ladder, user: User, tmp_path: Path) -> Iterator[Ladder]:
         ])
     )
     user.env["PATH"] = f"{STANDIN_BIN}:{user.env['PATH']}"
+    user.env["XDG_DATA_HOME"] = str(REAL_DATA)  # the guest kernel, fetched once by `posture setup --l3-kernel`
+    _ensure_kernel(user.env)
     user.env["POSTURE_TEST_TAILSCALE_STATE"] = str(tmp_path / "tailscale.json")
     ladder_env.user = user
     ladder_env.tailnet()

@@ -30,7 +30,8 @@ class Facts:
 
 
 def _authors(project: Path) -> tuple[list[str], int, bool]:
-    proc = gitutil.git(project, "log", "--all", f"--max-count={AUTHOR_SCAN_LIMIT}", "--format=%ae", check=False)
+    # posture's own refs (checkpoints, work pulled back for review) are not the project's history
+    proc = gitutil.git(project, "log", "--exclude=refs/posture/*", "--all", f"--max-count={AUTHOR_SCAN_LIMIT}", "--format=%ae", check=False)
     if proc.returncode != 0:
         return [], 0, False
     lines = proc.stdout.decode(errors="replace").splitlines()
