@@ -310,6 +310,8 @@ def outer(args: argparse.Namespace) -> None:
             l2 = [x for x in (profile_dir / "trace-l2.txt").read_text().splitlines() if float(x.split()[0]) >= t0]
             (profile_dir / "trace-all.txt").write_text("\n".join(sorted(esc + l2, key=lambda x: float(x.split()[0]))) + "\n")
             report_trace(profile_dir / "trace-all.txt")
+            shutil.copyfile(profile_dir / "trace-all.txt", "/tmp/posture-escalate-trace.txt")
+            print("(raw timeline kept in /tmp/posture-escalate-trace.txt)")
 
     med_p = statistics.median(r["posture"] for r in rows)
     med_b = statistics.median(r["baseline"] for r in rows)

@@ -73,8 +73,10 @@ def remote_env(view_env: dict[str, str], session: str, home: str, user: str) -> 
 
 
 def _import_paramiko() -> None:
+    from ..l4 import ssh
+
     try:
-        import paramiko  # noqa: F401, PLC0415
+        ssh.import_paramiko()
     except ImportError:
         pass  # ssh.connect reports it
 
