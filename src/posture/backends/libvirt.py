@@ -376,7 +376,7 @@ class LibvirtBackend(Backend):
                 else:
                     acc, why = accelmod.choose(k, wanted)
                     checks.append(Check("l3 accelerator", True, f"{acc}: {why}"))
-            checks.extend(l3net.doctor(settings))
+        checks.extend(l3net.doctor(settings))
         return checks
 
     def setup(self, settings: Any, options: dict[str, Any]) -> list[str]:
