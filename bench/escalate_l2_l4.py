@@ -69,6 +69,8 @@ _T = {
     "posture.l4.tailscale": ["find_peer"],
     "posture.l4.ssh": ["connect", "_paramiko"],
     "posture.l4.sync": ["push", "checkout", "resolve"],
+    "posture.l4.relay": ["Relay._serve_one", "remote_service"],
+    "posture.gitutil": ["git"],
     "posture.backends.tailnet": ["TailnetSession.start", "TailnetSession.launch", "TailnetSession.client"],
     "posture.backends.bwrap": ["BwrapSession.stop", "BwrapSession.freeze"],
     "posture.netd": ["request"],

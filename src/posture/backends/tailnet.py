@@ -72,15 +72,6 @@ def remote_env(view_env: dict[str, str], session: str, home: str, user: str) -> 
     return env, sorted(dropped)
 
 
-def _import_paramiko() -> None:
-    from ..l4 import ssh
-
-    try:
-        ssh.import_paramiko()
-    except ImportError:
-        pass  # ssh.connect reports it
-
-
 class TailnetSession(Session):
     """A session whose work tree and agent live on the L4 host."""
 
@@ -132,10 +123,19 @@ class TailnetSession(Session):
         """Sync the checkpoint to the host and check it out into this session's work tree there."""
         import threading
 
-        # paramiko takes a fifth of a second to import: let it load while git and the tailscale CLI run
-        threading.Thread(target=_import_paramiko, daemon=True).start()
         from ..l4 import ssh, sync
 
+        # log in (tailscale lookup, paramiko import, SSH handshake) while git works here
+        login: dict[str, Any] = {}
+
+        def connect() -> None:
+            try:
+                login["client"] = self.client()
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller below
+                login["error"] = exc
+
+        connecting = threading.Thread(target=connect, daemon=True)
+        connecting.start()
         project = Path(self.record.project)
         layout = sync.Layout.from_config(self.l4.get("workdir"))
         key = gitutil.project_key(project)
@@ -152,13 +152,16 @@ class TailnetSession(Session):
             ref, commit = ckpt.ref, ckpt.commit
         if ref not in self.record.checkpoints:
             self.record.checkpoints.append(ref)
-        client = self.client()
-        self.record.data.update({"bare": bare, "checkpoint_ref": ref, "checkpoint_commit": commit, "tmux": self.tmux_socket, "spare": spare})
-        sync.push(client, project, commit, ref, bare)
         user = str(ssh.require(self.l4, "user"))
         view_env = dict(self.view.env.env) if self.view is not None else {}
         env, dropped = remote_env(view_env, self.record.id, "", user)  # HOME is known once the host answers
         then, then_args, tar = self._then(layout, key, env)
+        connecting.join()
+        if "error" in login:
+            raise login["error"]
+        client = login["client"]
+        self.record.data.update({"bare": bare, "checkpoint_ref": ref, "checkpoint_commit": commit, "tmux": self.tmux_socket, "spare": spare})
+        sync.push(client, project, commit, ref, bare)
         self.record.data["worktree"] = worktree  # until the host answers: so that stop() cleans up after a failure
         # one round trip: the work tree (a spare brought up to date, or a full checkout), the agent's
         # state, and the agent itself when asked for up front (escalate does: launch_argv)

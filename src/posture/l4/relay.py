@@ -113,14 +113,17 @@ class Relay:
             conn.close()
 
     def _serve_one(self, conn: socket.socket) -> None:
+        # read in blocks, not byte by byte: each recv gives the GIL away, and with the SSH
+        # transport's thread running, getting it back can take milliseconds every time
         header = b""
-        while not header.endswith(b"\n"):
-            chunk = conn.recv(1)
+        while b"\n" not in header:
+            chunk = conn.recv(65536)
             if not chunk:
                 return
             header += chunk
-            if len(header) > 65536:
+            if len(header) > 65536 + 4096:
                 raise ValueError("header too long")
+        header, _, first = header.partition(b"\n")
         request = json.loads(header)
         argv = [str(a) for a in request.get("argv", [])]
         wanted = argv[-1] if argv else ""
@@ -133,7 +136,7 @@ class Relay:
             return
         chan = self.client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
         chan.exec_command(remote_service(service, self.bare, str(request.get("git_protocol") or "")))
-        up = threading.Thread(target=self._upstream, args=(conn, chan), daemon=True)
+        up = threading.Thread(target=self._upstream, args=(conn, chan, first), daemon=True)
         up.start()
         stderr = bytearray()
         while True:
@@ -156,8 +159,10 @@ class Relay:
         conn.sendall(struct.pack(">BI", 3, len(text)) + text)
 
     @staticmethod
-    def _upstream(conn: socket.socket, chan) -> None:
+    def _upstream(conn: socket.socket, chan, first: bytes = b"") -> None:
         try:
+            if first:
+                chan.sendall(first)
             while True:
                 data = conn.recv(65536)
                 if not data:
