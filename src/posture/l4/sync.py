@@ -1,8 +1,10 @@
 """Move code to the L4 host and work back, with git over posture's pinned SSH connection.
 
 Out: the checkpoint commit is pushed into a bare repository on the host (one per
-project, kept between sessions, so later pushes send only new objects), then checked
-out into a per-session work tree there. Back: the work tree is committed on the host
+project, kept between sessions, so later pushes send only new objects), then put into a
+per-session work tree there: the project's spare tree (left by a stopped session, claimed by
+an atomic rename, brought to the checkpoint exactly with reset --hard and clean -ffdx) when
+there is one, else a full checkout. Back: the work tree is committed on the host
 (temporary index, parent = its HEAD) to refs/posture/<session>/work in the bare repo,
 and fetched into refs/posture/<session>/pull-N here. Fetching writes objects and that
 one ref: it never merges, checks out, touches HEAD/index/work tree, copies the remote's
@@ -123,7 +125,7 @@ if [ -n "$name" ]; then
      && printf '../..\n' > "$A/commondir" \
      && printf 'posture session\n' > "$A/locked" \
      && $G --git-dir="$A" update-ref --no-deref HEAD "$C" \
-     && (cd "$W" && $G --git-dir="$A" --work-tree=. reset --quiet --no-recurse-submodules --hard "$C" >&2 \
+     && (cd "$W" && $G -c core.sparseCheckout=false --git-dir="$A" --work-tree=. reset --quiet --no-recurse-submodules --hard "$C" >&2 \
          && $G --git-dir="$A" --work-tree=. clean -ffdxq >&2); then
     mode=spare
   else
@@ -250,12 +252,6 @@ def fetch(client, project: Path, bare: str, remote_ref: str, local_ref: str) -> 
             detail = "; ".join(r.errors) or str(exc)
             raise Unavailable(f"fetching the session's work from the host failed: {detail}", fix="check `posture doctor`") from None
     return gitutil.out(project, *_local(project), "rev-parse", "--verify", local_ref + "^{commit}")
-
-
-def remove_worktree(client, bare: str, worktree: str) -> None:
-    """Delete the session's work tree on the host (the bare repository and its refs stay)."""
-    script = f"rm -rf {_q(worktree)}; {REMOTE_GIT_SH} --git-dir={_q(bare)} worktree prune 2>/dev/null; true"
-    run_script(client, script)
 
 
 def pull_refs(project: Path, session: str) -> list[str]:
