@@ -192,14 +192,20 @@ class LibvirtSession(Session):
         _t("ready")
         if not ok:
             tail = self._console_tail()
-            raise Unavailable(f"the L3 guest did not come up within {timeout:.0f}s ({acc}){': ' + tail if tail else ''}", fix=f"see {run / 'console.log'}; raise [l3] boot_timeout or set [l3] accel")
+            what = "stopped before its exec agent answered" if self.mux.closed.is_set() else f"did not come up within {timeout:.0f}s ({acc})"
+            raise Unavailable(f"the L3 guest {what}{': ' + tail if tail else ''}", fix=f"see {self._runtime() / 'console.log'} (kept after the VM is gone); raise [l3] boot_timeout or set [l3] accel")
 
     def _console_tail(self) -> str:
+        """The most telling line of the guest's console: posture-init's own words, a panic, else the last."""
         try:
-            lines = [ln for ln in (self._exposed() / "console.log").read_text(errors="replace").splitlines() if ln.strip()]
+            lines = [ln.strip() for ln in (self._exposed() / "console.log").read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:
             return ""
-        return lines[-1].strip()[-200:] if lines else ""
+        for key in ("posture-init", "switch_root", "Kernel panic"):
+            hits = [ln for ln in lines if key in ln]
+            if hits:
+                return hits[-1][-200:]
+        return lines[-1][-200:] if lines else ""
 
     def alive(self) -> bool:
         """True while the VM runs (checked by the keeper)."""
@@ -275,6 +281,10 @@ class LibvirtSession(Session):
             virtiofs.release_placeholders(data["placeholder_registry"], self.record.id)
             data["placeholders"] = []
         if data.get("exposed"):
+            try:  # keep the guest's console for `posture status` / debugging
+                shutil.copyfile(Path(data["exposed"]) / "console.log", self._runtime() / "console.log")
+            except OSError:
+                pass
             shutil.rmtree(data["exposed"], ignore_errors=True)
         for name in ("exec.sock", "env.json"):
             (self._runtime() / name).unlink(missing_ok=True)

@@ -75,8 +75,13 @@ class Mux:
         self.thread.start()
 
     def wait_ready(self, timeout: float) -> bool:
-        """True once the guest's agent said hello."""
-        return self.ready.wait(timeout)
+        """True once the guest's agent said hello; False at `timeout` or as soon as the VM's end closes."""
+        deadline = time.monotonic() + timeout
+        while not self.ready.is_set():
+            if self.closed.is_set() or time.monotonic() > deadline:
+                return False
+            self.ready.wait(0.05)
+        return True
 
     def close(self) -> None:
         """Stop serving and drop every connection."""

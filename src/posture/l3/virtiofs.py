@@ -211,6 +211,7 @@ def _setup_script(view: View, binds: list[tuple[str, str, bool, bool]], network:
         "  usleep 10000",
         "done",
         "[ -n \"$DEV\" ] || echo \"posture-init: no exec channel\"",
+        f"[ -x $R{GUEST_PYTHON} ] || echo \"posture-init: {GUEST_PYTHON} is missing from the view\"",
         f"exec switch_root $R {GUEST_PYTHON} -I -S {GUEST}/agent.pyc --device $DEV",
     ]
     return "\n".join(lines) + "\n"
