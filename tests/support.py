@@ -61,3 +61,24 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return proc.stdout.strip()
 
 
+
+
+def read_until(fd: int, needles: bytes | tuple[bytes, ...], timeout: float = 60) -> bytes:
+    """Read a terminal (or pipe) until one of `needles` shows up, it closes, or `timeout` passes."""
+    import select
+    import time
+
+    wanted = (needles,) if isinstance(needles, bytes) else needles
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not any(n in buf for n in wanted) and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf

@@ -82,12 +82,10 @@ def run(
     reader = wire.Reader()
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, "sock")
-    stdin_open = True
     try:
         os.fstat(stdin)
         sel.register(stdin, selectors.EVENT_READ, "stdin")
     except (OSError, ValueError, PermissionError):
-        stdin_open = False
         sock.sendall(wire.pack(stream, wire.STDIN_EOF))
 
     wake_r, wake_w = os.pipe()
@@ -128,7 +126,6 @@ def run(
                             sock.sendall(wire.pack(stream, wire.STDIN, data))
                         else:
                             sel.unregister(stdin)
-                            stdin_open = False
                             sock.sendall(wire.pack(stream, wire.STDIN_EOF))
                     else:
                         data = sock.recv(65536)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 from . import paths

@@ -46,7 +46,7 @@ def runtime_dir() -> Path:
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         from .errors import Refused
 
-        raise Refused(f"{path} is not a private directory of this user", fix=f"remove it, or set XDG_RUNTIME_DIR to a private directory")
+        raise Refused(f"{path} is not a private directory of this user", fix="remove it, or set XDG_RUNTIME_DIR to a private directory")
     return path
 
 

@@ -7,30 +7,13 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import subprocess
-import time
 
 import pytest
+from support import read_until
 from l2env import L2, POSTURE, USER
 
 pytestmark = [pytest.mark.root, pytest.mark.l2]
-
-
-def _read_until(fd: int, needle: bytes, timeout: float = 60) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
 
 
 def test_up_attaches_a_terminal_and_ends_with_the_agent(l2: L2) -> None:
@@ -46,15 +29,15 @@ def test_up_attaches_a_terminal_and_ends_with_the_agent(l2: L2) -> None:
         os.chdir(str(project))
         os.execvp("runuser", ["runuser", "-u", USER, "--", "env", "-i", *env, POSTURE, "up", "--level", "l2", "--profile", "shell"])
     try:
-        _read_until(fd, b"$", timeout=60)
+        read_until(fd, b"$", timeout=60)
         os.write(fd, b"echo tty=$(tty) size=$(stty size) level=$POSTURE_LEVEL; echo done-$((6*7))\r")
-        out = _read_until(fd, b"done-42", timeout=60)
+        out = read_until(fd, b"done-42", timeout=60)
         assert b"done-42" in out, out
         text = out.decode(errors="replace")
         assert "level=l2" in text and "size=36 123" in text  # tmux keeps one row for its status line
         assert "tty=/dev/pts/" in text  # a pty of the sandbox's own devpts
         os.write(fd, b"exit\r")
-        _read_until(fd, b"\x00", timeout=30)
+        read_until(fd, b"\x00", timeout=30)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:

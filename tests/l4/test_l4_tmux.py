@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from support import read_until
 
 import os
 import pty
-import select
 import subprocess
 import time
 
@@ -18,22 +18,6 @@ pytestmark = pytest.mark.l4
 
 def remote_tmux_alive(l4, sid: str) -> bool:
     return l4.remote("tmux", "-L", f"posture-{sid}", "has-session", "-t", "agent").returncode == 0
-
-
-def read_until(fd: int, needle: bytes, timeout: float = 30) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
 
 
 def test_up_detach_exec_attach_down(l4, make_repo) -> None:
