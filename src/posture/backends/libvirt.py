@@ -11,7 +11,6 @@ process placed in the network helper's cgroup, so the same nftables rule as L2 g
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import re
@@ -19,16 +18,26 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import channel, paths
 from ..errors import InternalError, Unavailable
 from ..hookspecs import hookimpl
-from ..l3 import accel as accelmod
-from ..l3 import domain, initramfs, kernel, l3net, virtiofs
-from ..l3.mux import Mux
+from ..lazy import lazy
 from ..session import Availability, Backend, Check, Session, SessionRecord, session_runtime_dir
-from ..view import View
+
+if TYPE_CHECKING:
+    from ..l3.mux import Mux
+    from ..view import View
+
+# Imported on first use: loading this plugin must stay cheap for sessions at other levels.
+accelmod = lazy("posture.l3.accel")
+domain = lazy("posture.l3.domain")
+initramfs = lazy("posture.l3.initramfs")
+kernel = lazy("posture.l3.kernel")
+l3net = lazy("posture.l3.l3net")
+virtiofs = lazy("posture.l3.virtiofs")
+mux = lazy("posture.l3.mux")
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_MEMORY_MIB = 512
@@ -185,7 +194,7 @@ class LibvirtSession(Session):
             self.record.data["net"] = self.net.describe()
             self.dom.resume()
         _t("running")
-        self.mux = Mux(spec.channel_socket, self.record.data["exec_socket"])
+        self.mux = mux.Mux(spec.channel_socket, self.record.data["exec_socket"])
         self.mux.start()
         timeout = float(l3.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))
         ok = self.mux.wait_ready(timeout)
