@@ -13,13 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git
+from support import git
 from ladder.conftest import Ladder
 
 pytestmark = [pytest.mark.root, pytest.mark.l2, pytest.mark.l4]
 
 # Inside a session: Claude Code's history directory for the current working directory.
 KEYDIR = '"$HOME/.claude/projects/$(pwd | sed "s/[^A-Za-z0-9]/-/g")"'
+
+
+def sent(ladder: Ladder) -> int:
+    """How many state files the newest session sent to the host."""
+    assert ladder.user is not None
+    newest = list(ladder.sessions())[-1]
+    return json.loads((ladder.user.state / "sessions" / f"{newest}.json").read_text())["data"]["state_sent"]
 
 
 def test_claude_history_follows_the_escalation_and_credentials_stay(ladder: Ladder, make_repo) -> None:
@@ -75,5 +82,12 @@ def test_claude_history_follows_the_escalation_and_credentials_stay(ladder: Ladd
         later = ladder.ok("exec", str(repo), "--level", "l4", "--profile", "claude-code", "--", "sh", "-c", f"pwd; cat {KEYDIR}/s1.jsonl").splitlines()
         assert later[0] != worktree
         assert [json.loads(x)["message"] for x in later[1:]] == [f"conversation before the move {canary}", "said at L4"]
+        # ...and nothing of the state was sent again: it had not changed here since the escalation
+        assert sent(ladder) == 0
+        # a host that lost the state gets all of it again (posture notices by the state home's id)
+        subprocess.run(["rm", "-rf", home], check=True)
+        again = ladder.ok("exec", str(repo), "--level", "l4", "--profile", "claude-code", "--", "sh", "-c", f"cat {KEYDIR}/s1.jsonl").splitlines()
+        assert [json.loads(x)["message"] for x in again] == [f"conversation before the move {canary}"]
+        assert sent(ladder) > 0
     finally:
         shutil.rmtree(vps_creds.parent, ignore_errors=True)
