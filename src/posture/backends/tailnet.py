@@ -155,7 +155,7 @@ class TailnetSession(Session):
         user = str(ssh.require(self.l4, "user"))
         view_env = dict(self.view.env.env) if self.view is not None else {}
         env, dropped = remote_env(view_env, self.record.id, "", user)  # HOME is known once the host answers
-        then, then_args, tar = self._then(layout, key, env)
+        then, then_args, tar, send = self._then(layout, key, env)
         connecting.join()
         if "error" in login:
             raise login["error"]
@@ -167,40 +167,57 @@ class TailnetSession(Session):
         # state, and the agent itself when asked for up front (escalate does: launch_argv)
         tree = sync.checkout(client, bare, worktree, commit, spare, then=then, then_args=then_args, stdin=tar)
         home, abs_worktree = tree.home, tree.worktree
-        agent_home = tree.more[0] if self.view is not None else home
+        more = tree.more
+        if more[:1] == ("state-stale",):
+            # the host lost (or never had) the state posture sent: everything again, then the agent
+            then, then_args, tar, send = self._then(layout, key, env, full=True)
+            code, out, err = ssh.run_script(client, 'set -e; H=$(pwd -P); Wabs=$1; shift\n' + then, argv=[abs_worktree, *then_args], stdin=tar)
+            more = tuple(out.strip().splitlines())
+            if code != 0 or more[:1] == ("state-stale",):
+                raise Unavailable(f"carrying the agent's state to the host failed: {err.strip()[-300:]}", fix="check disk space and tar on the host")
+        if send is not None:
+            from ..l4 import state
+
+            state.record_sent(self.view, self._state_key(then_args[0]), send)
+        agent_home = more[0] if self.view is not None else home
         env["HOME"] = agent_home
         self.record.data.update({"tree": tree.admin, "tree_reused": tree.reused, "worktree": abs_worktree, "home": home,
                                  "agent_home": agent_home, "env": env, "env_not_sent": dropped})
         if self.record.data.get("launch_argv"):
-            if tree.more[-1:] != ("launched",):
+            if more[-1:] != ("launched",):
                 raise InternalError("could not start the agent on the L4 host (tmux failed)")
             self.record.data["launched"] = list(self.record.data["launch_argv"])
 
-    def _then(self, layout, project_key: str, env: dict[str, str]) -> tuple[str, list[str], bytes]:
+    def _then(self, layout, project_key: str, env: dict[str, str], full: bool = False) -> tuple[str, list[str], bytes, Any]:
         """The part of the start script after the checkout: receive the project's agent state (never
-        credential files) into its state home on the host, map the working-directory keys, link the
-        host's own credentials in ($AH = that home); then launch the agent if asked to."""
+        credential files; only what changed since the last send to this host) into its state home on
+        the host, map the working-directory keys, link the host's own credentials in ($AH = that
+        home); then launch the agent if asked to. Prints $AH (or "state-stale": the host's state
+        home is not the one posture last sent to, and nothing was launched), then "launched"."""
         from .. import profiles
         from ..l4 import ssh, state
 
-        script, args, tar = "", [], b""
+        script, args, tar, send = "AH=$H\n", [], b"", None
         if self.view is not None:
             profile = profiles.load(self.record.profile)
-            items = state.carried(self.view, profile.credential_files)
-            tar = state.pack(items) if items else b""
             remote = state.remote_state_home(layout.workdir, project_key, profile.name)
-            args = state.receive_args(remote, bool(tar), state.path_key(self.record.project), profile.state_project_keyed, profile.credential_files)
-            script = state.RECEIVE + 'receive_state "$@"; echo "$AH"\n'
-            self.record.data["state_sent"] = len(items)
-        else:
-            script = "AH=$H\n"
+            send = state.plan_send(self.view, profile.credential_files, self._state_key(remote), full=full)
+            tar = send.tar()
+            args = state.receive_args(remote, send, state.path_key(self.record.project), profile.state_project_keyed, profile.credential_files)
+            script = state.RECEIVE + 'receive_state "$@"; if [ -z "$AH" ]; then echo state-stale; exit 0; fi; echo "$AH"\n'
+            self.record.data["state_sent"] = len(send.items)
         argv = self.record.data.get("launch_argv")
         if argv:
             tmux = ["tmux", "-L", self.tmux_socket, "new-session", "-d", "-s", TMUX_WINDOW, "-x", "200", "-y", "50", "--", *argv]
             words = ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in sorted(env.items()) if k != "HOME")]
             line = " ".join(shlex.quote(w) for w in words) + ' "HOME=$AH" ' + " ".join(shlex.quote(w) for w in ["/bin/sh", "-c", ssh.WRAPPER, "sh", *tmux])
             script += f'cd "$Wabs"; {line} </dev/null >&2; cd "$H"; echo launched\n'
-        return script, args, tar
+        return script, args, tar, send
+
+    def _state_key(self, remote_home: str) -> str:
+        """Names the host's state home in the local manifest of what was sent."""
+        return f"{self.l4.get('user')}@{self.l4.get('host')}:{self.l4.get('port') or 22}/{remote_home}"
+
 
     def _command(self, argv: list[str], tty: bool) -> str:
         from ..l4 import ssh

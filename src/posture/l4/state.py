@@ -21,9 +21,12 @@ different every session) is a symlink to it.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import secrets
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +84,19 @@ def pack(items: list[tuple[str, str]]) -> bytes:
 
 # A shell function for the host, run right after the work tree is checked out (sync.checkout's
 # `then`, same round trip; $H is the login directory, $Wabs the work tree, the tar on stdin):
-#   receive_state STATE_HOME tar|none [KEYED_DIR CANONICAL_KEY]... -- [CREDENTIAL_FILE]...
-# It sets $AH to the state home's absolute path.
+#   receive_state STATE_HOME tar|none EXPECTED_ID NEW_ID [KEYED_DIR CANONICAL_KEY]... -- [CREDENTIAL_FILE]...
+# It sets $AH to the state home's absolute path, or to "" when the state home is not the one
+# posture last sent to (EXPECTED_ID does not match: wiped, or never sent): then nothing is
+# unpacked and the caller sends everything again.
 RECEIVE = r"""
 receive_state() {
-  S=$1; shift
+  S=$1; mode=$2; expect=$3; new=$4; shift 4
   mkdir -p "$S"; cd "$S"
-  if [ "$1" = tar ]; then tar -x --no-same-owner --keep-newer-files --warning=no-ignore-newer -f -; fi
-  shift
+  if [ -n "$expect" ] && [ "$(cat .posture-state-id 2>/dev/null || true)" != "$expect" ]; then
+    cat >/dev/null; AH=; cd "$H"; return 0
+  fi
+  if [ "$mode" = tar ]; then tar -x --no-same-owner --keep-newer-files --warning=no-ignore-newer -f -; fi
+  if [ -n "$new" ]; then printf '%s\n' "$new" > .posture-state-id; fi
   key=$(printf %s "$Wabs" | LC_ALL=C sed 's/[^A-Za-z0-9]/-/g')
   while [ "$1" != -- ]; do  # this session's key becomes a link to the project's own entry
     mkdir -p -- "$1/$2"
@@ -103,10 +111,59 @@ receive_state() {
 }
 """
 
+MANIFEST = "l4-sent.json"  # in the project's local state dir (outside the agent's view): what each host has
 
-def receive_args(state_home: str, has_tar: bool, canonical: str, keyed_dirs: list[str], credentials: list[str]) -> list[str]:
+
+@dataclass
+class Send:
+    """What one start sends of the agent's state, and the manifest to record once it landed."""
+
+    items: list[tuple[str, str]]
+    expect: str  # the id the host's state home must carry for a partial send ("" = full send)
+    new_id: str  # the id a full send gives the host's state home
+    files: dict[str, list[int]]  # home-relative name -> [mtime_ns, size] of everything carried
+
+    def tar(self) -> bytes:
+        """The tar stream of `items` (empty when there is nothing to send)."""
+        return pack(self.items) if self.items else b""
+
+
+def _manifest(view: Any) -> dict[str, Any]:
+    try:
+        return json.loads((Path(view.state_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def plan_send(view: Any, credentials: list[str], host_key: str, full: bool = False) -> Send:
+    """Only what changed since the last send to `host_key` (by mtime and size), or everything
+    (first send, `full`, or no manifest)."""
+    items = carried(view, credentials)
+    files = {}
+    for path, rel in items:
+        st = os.lstat(path)
+        files[rel] = [st.st_mtime_ns, st.st_size]
+    entry = {} if full else _manifest(view).get(host_key) or {}
+    if entry.get("id"):
+        sent = entry.get("files") or {}
+        changed = [(p, r) for p, r in items if not os.path.isdir(p) and sent.get(r) != files[r]]
+        return Send(changed, entry["id"], "", files)
+    return Send(items, "", secrets.token_hex(16), files)
+
+
+def record_sent(view: Any, host_key: str, send: Send) -> None:
+    """Remember what the host's state home now holds (after it acknowledged the send)."""
+    path = Path(view.state_dir) / MANIFEST
+    doc = _manifest(view)
+    doc[host_key] = {"id": send.expect or send.new_id, "files": send.files}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def receive_args(state_home: str, send: Send, canonical: str, keyed_dirs: list[str], credentials: list[str]) -> list[str]:
     """The arguments of `receive_state` for this session."""
-    args = [state_home, "tar" if has_tar else "none"]
+    args = [state_home, "tar" if send.items else "none", send.expect, send.new_id]
     for directory in keyed_dirs:
         args += [directory, canonical]
     return [*args, "--", *credentials]
