@@ -100,7 +100,7 @@ def test_doctor_reports_l4(l4) -> None:
     l4.enroll()
     after = json.loads(l4.posture("doctor", "--json").stdout)
     rows = {r["check"]: r for r in after if r["level"] == "l4"}
-    for name in ("config", "identity", "tailscale CLI", "peer", "host key pinned", "ssh login", "git on host", "tmux on host"):
+    for name in ("config", "identity", "tailscale CLI", "peer", "host key pinned", "ssh login", "git on host", "tmux on host", "GNU tar and coreutils on host"):
         assert rows[name]["ok"], rows[name]
     l4.scenario(Online=False)
     rows = {r["check"]: r for r in json.loads(l4.posture("doctor", "--json").stdout) if r["level"] == "l4"}

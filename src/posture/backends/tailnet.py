@@ -415,6 +415,11 @@ class TailnetBackend(Backend):
             for tool, package in (("git", "git"), ("tmux", "tmux")):
                 code, out, _ = ssh.run_script(client, f"command -v {tool}")
                 checks.append(Check(f"{tool} on host", code == 0, out.strip() or "not found", f"install {package} on the host (apt-get install {package})"))
+            # the agent's state travels as a tar unpacked with GNU options; spare trees move with `mv -T`
+            code, out, _ = ssh.run_script(client, "tar --version | head -n1; mv --version | head -n1")
+            gnu = code == 0 and out.count("GNU") >= 2
+            checks.append(Check("GNU tar and coreutils on host", gnu, " / ".join(out.strip().splitlines()) or "not found",
+                                "install GNU tar and coreutils on the host (apt-get install tar coreutils)"))
         finally:
             client.close()
         return checks
