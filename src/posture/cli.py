@@ -170,10 +170,9 @@ def escalate(
         record = esc.abort(session)
         _err(f"posture: {record.note}")
         return 0
-    child = esc.escalate(session, to, reason)
-    _out(child.id)
-    _err(f"posture: {child.parent} escalated to {child.id} at {child.level} ({child.backend}); `posture attach --session {child.id}`")
-    return 0
+    from .entry import run_escalate
+
+    return run_escalate({"session": session, "to": to, "reason": reason})
 
 
 @app.command()
