@@ -55,7 +55,9 @@ def require(l4: dict[str, Any], key: str) -> Any:
     value = l4.get(key)
     if not value:
         examples = {"host": '"vps" (a tailnet peer)', "user": '"agent"', "identity": '"~/.ssh/posture_l4" (a key made for this host only)'}
-        raise UsageError(f"[l4] {key} is not set in the user config", fix=f"add `{key} = {examples.get(key, '...')}` under [l4] in ~/.config/posture/config.toml")
+        from .. import paths
+
+        raise UsageError(f"[l4] {key} is not set in the user config", fix=f"add `{key} = {examples.get(key, '...')}` under [l4] in {paths.user_config_file()}")
     return value
 
 
