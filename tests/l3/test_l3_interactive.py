@@ -6,29 +6,12 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
-import time
 
 import pytest
+from support import read_until
 from l3env import L3, POSTURE, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.l3]
-
-
-def _read_until(fd: int, needles: tuple[bytes, ...], timeout: float = 120) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not any(n in buf for n in needles) and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
 
 
 def test_up_attaches_a_terminal_and_ends_with_the_agent(l3: L3) -> None:
@@ -44,16 +27,16 @@ def test_up_attaches_a_terminal_and_ends_with_the_agent(l3: L3) -> None:
         os.chdir(str(project))
         os.execve(POSTURE, [POSTURE, "up", "--level", "l3", "--profile", "shell"], env)
     try:
-        first = _read_until(fd, (b"# ", b"$ "), timeout=180)
+        first = read_until(fd, (b"# ", b"$ "), timeout=180)
         assert b"# " in first or b"$ " in first, first[-2000:]
         os.write(fd, b"echo tty=$(tty) size=$(stty size) level=$POSTURE_LEVEL; echo done-$((6*7))\r")
-        out = _read_until(fd, (b"done-42",), timeout=60)
+        out = read_until(fd, (b"done-42",), timeout=60)
         assert b"done-42" in out, out
         text = out.decode(errors="replace")
         assert "level=l3" in text and "size=36 123" in text, text  # tmux keeps one row for its status line
         assert "tty=/dev/pts/" in text, text  # a pty of the guest's own devpts
         os.write(fd, b"exit\r")
-        _read_until(fd, (b"\x00",), timeout=60)
+        read_until(fd, (b"\x00",), timeout=60)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
