@@ -92,6 +92,17 @@ def request(path: str, obj: dict[str, Any], timeout: float = 15.0) -> dict[str, 
     return answer
 
 
+def notify(path: str, obj: dict[str, Any]) -> None:
+    """Send one request without waiting for the answer (the helper acts on it all the same)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(2.0)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(obj).encode() + b"\n")
+    finally:
+        sock.close()
+
+
 # ====================================================================== server
 
 def _log(msg: str) -> None:

@@ -117,6 +117,13 @@ class L2:
         subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(self.home / "projects")], check=True)
         return repo
 
+    def settled(self, timeout: float = 5.0) -> bool:
+        """Wait until the helper has removed every session cgroup (it does so after posture returns)."""
+        deadline = time.monotonic() + timeout
+        while (self.box_cgroups() or self.net_cgroups()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self.box_cgroups() and not self.net_cgroups()
+
     def box_cgroups(self) -> list[str]:
         base = cgroups.path_of(f"{self.base}/box")
         return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []

@@ -49,7 +49,7 @@ def test_up_attaches_a_terminal_and_ends_with_the_agent(l2: L2) -> None:
     listed = json.loads(l2.posture("status", "--json").stdout)
     mine = [s for s in listed if s["project"] == str(project)]
     assert mine and all(s["status"] == "stopped" for s in mine), mine
-    assert l2.box_cgroups() == []
+    assert l2.settled()
 
 
 def test_worktree_commits_but_its_hooks_stay_read_only(l2: L2) -> None:

@@ -65,10 +65,16 @@ def test_no_process_survives_the_session(l2: L2) -> None:
     assert len(_user_pids("sleep 4242")) == 3
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    # afterwards: every cgroup of the session is gone, and with it every process
+    # afterwards: every process of the sandbox is gone at once (killed through its cgroup) ...
+    assert _user_pids("sleep 4242") == []
+    box = cgroups.path_of(f"{l2.base}/box/{boxes[0]}")
+    assert not box.exists() or cgroups.procs(f"{l2.base}/box/{boxes[0]}") == []
+    # ... and the helper removes the session's cgroups and its slirp4netns within moments (posture does not wait)
+    deadline = time.monotonic() + 5
+    while (l2.box_cgroups() or l2.net_cgroups() or any(Path(f"/proc/{p}").exists() for p in slirp)) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert l2.box_cgroups() == [] and l2.net_cgroups() == []
     assert cgroups.procs(f"{l2.base}/box") == []
-    assert _user_pids("sleep 4242") == []
     assert all(not Path(f"/proc/{p}").exists() for p in slirp)
 
 
@@ -189,7 +195,7 @@ def test_detached_session_exec_freeze_and_down(l2: L2) -> None:
     finally:
         r = l2.posture("down", "--session", sid)
     assert r.returncode == 0, r.stderr
-    assert l2.box_cgroups() == [] and l2.net_cgroups() == []
+    assert l2.settled()
     assert _user_pids("sleep 10000") == []
 
 

@@ -116,9 +116,16 @@ def assert_gone(ladder: Ladder, sid: str) -> None:
     for key in ("bwrap_pid", "child_pid"):
         assert not _pid_alive(data.get(key)), f"the lower session's {key} survived"
     if data.get("box"):
+        import time
+
         from posture import cgroups
 
-        assert not cgroups.path_of(data["box"]).exists(), "the lower session's cgroup survived"
+        box = cgroups.path_of(data["box"])
+        assert not box.exists() or not (box / "cgroup.procs").read_text().split(), "a process of the lower session survived"
+        deadline = time.monotonic() + 5  # the network helper removes the cgroup itself, after posture returns
+        while box.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not box.exists(), "the lower session's cgroup survived"
     if rec["level"] == "l3":
         assert not [d for d in _domains(ladder) if sid in d], "the lower session's VM survived"
 

@@ -314,7 +314,7 @@ class BwrapSession(Session):
         import signal
 
         from .. import netd, placeholders
-        from ..session import LIVE, SessionStore
+        from ..session import SessionStore
 
         box = self._box_dir()
         if box is not None:
@@ -331,10 +331,13 @@ class BwrapSession(Session):
         elif self.data.get("bwrap_pid"):
             _kill_if_bwrap(int(self.data["bwrap_pid"]))
         if self.data.get("box"):
+            # Every process of the sandbox is dead by now; the helper stops slirp4netns and removes the
+            # session's cgroups and rules on its own time (it also does when it sees the sandbox's first
+            # process exit), so do not wait for its answer: that is on the agent's hot path.
             try:
-                netd.request(self._netd_socket(), {"op": "release", "session": self.record.id}, timeout=15)
-            except (OSError, ValueError, netd.NetdError):
-                pass  # netd cleans up by itself when the sandbox's first process is gone
+                netd.notify(self._netd_socket(), {"op": "release", "session": self.record.id})
+            except OSError:
+                pass
         registry = self.data.get("placeholder_registry")
         if registry and self.data.get("placeholders"):
             def live() -> set[str]:
