@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from benchrepo import git, make_repo  # noqa: E402  (the bench's own directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -118,27 +119,6 @@ def posture_bin() -> str:
     if not found:
         sys.exit("the posture console script is not installed next to this python")
     return found
-
-
-def git(repo: Path, *args: str, env: dict | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)}: {proc.stderr}")
-    return proc.stdout.strip()
-
-
-def make_repo(path: Path, files: int) -> None:
-    """A repository of `files` small text files in directories of 100, committed by the user."""
-    rng = random.Random(20000)
-    words = [f"w{n}" for n in range(5000)]
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    for i in range(files):
-        d = path / f"src{i // 100:04}"
-        d.mkdir(exist_ok=True)
-        (d / f"mod{i % 100:03}.py").write_text(" ".join(rng.choices(words, k=60)) + "\n")
-    git(path, "add", ".")
-    git(path, "commit", "-qm", "base")
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path) -> str:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchrepo import git, make_repo  # noqa: E402  (the bench's own directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -49,27 +50,6 @@ def measure(fn) -> tuple[int, float]:
     b0, t0 = wire_bytes(), time.perf_counter()
     fn()
     return wire_bytes() - b0, time.perf_counter() - t0
-
-
-def git(repo: Path, *args: str, env: dict | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)}: {proc.stderr}")
-    return proc.stdout.strip()
-
-
-def make_repo(path: Path, files: int) -> None:
-    """A repository of `files` small text files in directories of 100."""
-    rng = random.Random(20000)
-    words = [f"w{n}" for n in range(5000)]
-    path.mkdir(parents=True)
-    git(path, "init", "-q")
-    for i in range(files):
-        d = path / f"src{i // 100:04}"
-        d.mkdir(exist_ok=True)
-        (d / f"mod{i % 100:03}.py").write_text(" ".join(rng.choices(words, k=60)) + "\n")
-    git(path, "add", ".")
-    git(path, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "base")
 
 
 def inner(args: argparse.Namespace) -> None:
@@ -146,7 +126,7 @@ def outer(args: argparse.Namespace) -> None:
         home = work / "home"
         home.mkdir()
         t0 = time.perf_counter()
-        make_repo(work / "repo", args.files)
+        make_repo(work / "repo", args.files, ("bench", "bench@localhost"))
         build_s = time.perf_counter() - t0
         with testnet("bl") as net:
             vps = start_vps(net)
