@@ -107,6 +107,12 @@ def _accel(value: Any) -> str:
         raise ValueError(f"expected auto, kvm or tcg, got {value!r}")
     return value
 
+def _guest_agent(value: Any) -> str:
+    if value not in ("auto", "native", "python"):
+        raise ValueError(f"expected auto, native or python, got {value!r}")
+    return value
+
+
 
 _STR_LIST = _list_of(_str, "strings")
 _ENV_LIST = _list_of(_env_name, "environment variable names")
@@ -135,6 +141,7 @@ USER_SCHEMA: Schema = {
         "initrd": _host_path,
         "memory_mib": _int(128, 65536),
         "cpus": _int(1, 64),
+        "agent": _guest_agent,
         "accel": _accel,
         "boot_timeout": _int(5, 3600),
     },

@@ -1,23 +1,73 @@
-"""The exec channel's agent and client over a unix socket (the protocol both L2 and L3 use)."""
+"""The exec channel's agents and client (the protocol both L2 and L3 use).
+
+Each behaviour runs against the Python agent on a unix socket (as L2 serves it) and against
+the native agent behind the L3 mux, with a socket pair standing in for the virtio-serial
+port (QEMU's side of it is a unix socket the mux connects to).
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
 
 from posture import channel
+from posture.l3 import guestagent
+from posture.l3.mux import Mux
 
 
-@pytest.fixture
-def agent(tmp_path: Path):
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+
+
+def _port_stand_in(path: Path, guest_end: socket.socket) -> None:
+    """QEMU's side of a virtio-serial port: one unix client, relayed to the guest's end."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        threading.Thread(target=_pump, args=(guest_end, conn), daemon=True).start()
+        _pump(conn, guest_end)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def native_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """guest/agent.c built as L3 builds it (a real C compiler is part of the test setup)."""
+    return guestagent.build_native(tmp_path_factory.mktemp("native-agent"))
+
+
+@pytest.fixture(params=["python", "native"])
+def agent(request: pytest.FixtureRequest, tmp_path: Path):
     sock = tmp_path / "agent.sock"
-    proc = subprocess.Popen([sys.executable, "-I", str(channel.GUEST_DIR / "agent.py"), "--listen", str(sock)])
+    if request.param == "python":
+        proc = subprocess.Popen([sys.executable, "-I", str(channel.GUEST_DIR / "agent.py"), "--listen", str(sock)])
+        yield sock
+        proc.kill()
+        proc.wait()
+        return
+    host_end, guest_end = socket.socketpair()
+    proc = subprocess.Popen([str(request.getfixturevalue("native_agent")), "--fd", str(guest_end.fileno())], pass_fds=(guest_end.fileno(),))
+    guest_end.close()
+    _port_stand_in(tmp_path / "chan", host_end)
+    mux = Mux(str(tmp_path / "chan"), str(sock))
+    mux.start()
+    assert mux.wait_ready(10), "the native agent did not greet"
     yield sock
+    mux.close()
     proc.kill()
     proc.wait()
 
@@ -69,3 +119,36 @@ def test_two_commands_at_once(agent: Path, tmp_path: Path) -> None:
     second = subprocess.Popen([sys.executable, "-c", script, str(agent), "touch", str(flag)])
     assert second.wait(timeout=30) == 0
     assert first.wait(timeout=30) == 0
+
+
+def test_exec_failures_are_reported(agent: Path, tmp_path: Path) -> None:
+    out, err = tmp_path / "out", tmp_path / "err"
+    script = "import sys; from posture import channel; sys.exit(channel.run(channel.connect_unix(sys.argv[1]), sys.argv[3:], env={'PATH': '/usr/bin:/bin'}, cwd=sys.argv[2], tty=False))"
+    missing = subprocess.run([sys.executable, "-c", script, str(agent), "/", "no-such-command-anywhere"], capture_output=True, text=True)
+    assert missing.returncode == 127 and "no-such-command-anywhere" in missing.stderr, missing.stderr
+    nocwd = subprocess.run([sys.executable, "-c", script, str(agent), str(tmp_path / "gone"), "true"], capture_output=True, text=True)
+    assert nocwd.returncode in (126, 127) and "gone" in nocwd.stderr, nocwd.stderr
+    notexec = tmp_path / "plain.txt"
+    notexec.write_text("x")
+    denied = subprocess.run([sys.executable, "-c", script, str(agent), "/", str(notexec)], capture_output=True, text=True)
+    assert denied.returncode == 126, denied.stderr
+
+
+def test_env_is_exactly_what_was_sent_and_odd_bytes_survive(agent: Path, tmp_path: Path) -> None:
+    """The command sees only the environment sent, and names that are not UTF-8 arrive unchanged."""
+    odd = os.fsdecode(b"caf\xe9-\xf0\x9f\x90\x8d")
+    target = tmp_path / odd
+    code, out, _ = run(agent, ["sh", "-c", 'env | sort; printf x > "$1"', "sh", str(target)], tmp=tmp_path)
+    assert code == 0
+    assert set(out.decode().split()) - {"PWD=/"} == {"PATH=/usr/bin:/bin", "X=1"}, out  # sh adds PWD itself
+    assert target.read_bytes() == b"x"
+
+
+def test_signal_and_resize_reach_the_command(agent: Path, tmp_path: Path) -> None:
+    """SIGTERM forwarded by the client ends the command as 128+15."""
+    script = ("import sys; from posture import channel; "
+              "sys.exit(channel.run(channel.connect_unix(sys.argv[1]), ['sh', '-c', 'echo up; sleep 30'], env=None, cwd='/', tty=False))")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(agent)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    proc.terminate()
+    assert proc.wait(timeout=20) == 128 + 15

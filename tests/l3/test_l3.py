@@ -80,6 +80,25 @@ def test_exec_streams_and_exit_code(l3: L3) -> None:
     assert l3.domains() == [], "nothing may stay defined or running in libvirt after the session"
 
 
+@pytest.mark.parametrize("agent", ["native", "python"])
+def test_both_guest_agents_run_commands(l3: L3, agent: str, tmp_path: Path) -> None:
+    """[l3] agent picks the guest's exec agent; both keep the streams apart and pass exit codes and stdin."""
+    cfg = tmp_path / "config" / "posture"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_text((l3.xdg / "config" / "posture" / "config.toml").read_text() + f'agent = "{agent}"\n')
+    project = l3.make_project(f"agent-{agent}")
+    proc = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--",
+                      "sh", "-c", "read line; echo got:$line; echo to-err >&2; readlink /proc/1/exe >&2; exit 7", cwd=project, stdin="hello\n",
+                      XDG_CONFIG_HOME=str(tmp_path / "config"))
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout == "got:hello\n" and "to-err" in proc.stderr
+    pid1 = proc.stderr.strip().splitlines()[-1]  # the guest's PID 1 is the agent
+    assert pid1 == "/.posture-guest/agent" if agent == "native" else pid1.startswith("/usr/bin/python3"), proc.stderr
+    missing = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--", "no-such-command-here",
+                         cwd=project, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    assert missing.returncode == 127 and "no-such-command-here" in missing.stderr, missing.stderr
+
+
 @pytest.mark.parametrize("mode", ["pipes", "pty"])
 def test_probe_cannot_break_out(l3: L3, mode: str) -> None:
     project = l3.make_project(f"probe-{mode}")

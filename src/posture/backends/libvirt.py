@@ -37,11 +37,12 @@ initramfs = lazy("posture.l3.initramfs")
 kernel = lazy("posture.l3.kernel")
 l3net = lazy("posture.l3.l3net")
 virtiofs = lazy("posture.l3.virtiofs")
+guestagent = lazy("posture.l3.guestagent")
 mux = lazy("posture.l3.mux")
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_MEMORY_MIB = 512
-DEFAULT_CPUS = 2 if (os.cpu_count() or 1) >= 2 else 1  # the second one warms the agent's python while the first boots
+DEFAULT_CPUS = 2 if (os.cpu_count() or 1) >= 2 else 1  # the agent's builds and tests run in parallel (TCG is multi-threaded too)
 DEFAULT_BOOT_TIMEOUT = 60
 EXPOSED_ROOT = Path("/run/posture-l3")  # files QEMU (libvirt's qemu user) must open: kernel, initrd, sockets
 ROOT_FIX = "run posture as root for L3 (libvirt's system instance, virtiofsd and the staging mounts need it)"
@@ -169,7 +170,9 @@ class LibvirtSession(Session):
         with os.fdopen(fd, "w") as fh:
             json.dump(self.view.env.env, fh)
         _t("prepared")
-        served = virtiofs.serve(self.view, run, gid, network, agent=virtiofs.agent_pycs(EXPOSED_ROOT / "boot"))
+        agent = guestagent.choose(l3.get("agent", "auto"), EXPOSED_ROOT / "boot", virtiofs.GUEST, virtiofs.GUEST_PYTHON, virtiofs.agent_pycs)
+        self.record.data["agent"] = agent.kind
+        served = virtiofs.serve(self.view, run, gid, network, agent=agent)
         _t("staged")
         self.stage = served.proc
         self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders, "placeholder_registry": served.registry})
@@ -205,16 +208,15 @@ class LibvirtSession(Session):
             raise Unavailable(f"the L3 guest {what}{': ' + tail if tail else ''}", fix=f"see {self._runtime() / 'console.log'} (kept after the VM is gone); raise [l3] boot_timeout or set [l3] accel")
 
     def _console_tail(self) -> str:
-        """The most telling line of the guest's console: posture-init's own words, a panic, else the last."""
+        """The most telling lines of the guest's console: a panic, else its last three (posture-init's own words, the boot timeline)."""
         try:
             lines = [ln.strip() for ln in (self._exposed() / "console.log").read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:
             return ""
-        for key in ("posture-init", "switch_root", "Kernel panic"):
-            hits = [ln for ln in lines if key in ln]
-            if hits:
-                return hits[-1][-200:]
-        return lines[-1][-200:] if lines else ""
+        panics = [ln for ln in lines if "Kernel panic" in ln]
+        if panics:
+            return panics[-1][-200:]
+        return " | ".join(ln[-160:] for ln in lines[-3:])
 
     def alive(self) -> bool:
         """True while the VM runs (checked by the keeper)."""
@@ -382,6 +384,7 @@ class LibvirtBackend(Backend):
         except Unavailable as exc:
             checks.append(Check("l3 busybox", False, exc.message, exc.fix or ""))
         if probe:
+            checks.append(_agent_check(_l3(settings).get("agent", "auto")))
             wanted = _l3(settings).get("accel", "auto")
             if k is None:
                 checks.append(Check("l3 accelerator", False, "unknown (no kernel to probe with)", kernel.SETUP_FIX))
@@ -450,3 +453,16 @@ def posture_commands(app) -> None:
 
 
 _ = (paths, time)
+
+
+def _agent_check(wanted: str) -> Check:
+    """Which exec agent the guest will run; a Python fallback works but starts about two seconds later under TCG."""
+    try:
+        binary = guestagent.build_native(EXPOSED_ROOT / "boot") if wanted != "python" else None
+    except Unavailable as exc:
+        if wanted == "native":
+            return Check("l3 exec agent", False, exc.message, exc.fix or "")
+        return Check("l3 exec agent", True, f"python (the native agent cannot be built: {exc.message}; the first command waits ~2 s longer)", exc.fix or "")
+    if binary is None:
+        return Check("l3 exec agent", True, "python ([l3] agent = \"python\")")
+    return Check("l3 exec agent", True, f"native ({binary})")

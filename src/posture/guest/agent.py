@@ -228,6 +228,10 @@ class Agent:
             proc.stdin_fd = -1
 
     def handle_frame(self, conn: Conn, stream: int, kind: int, payload: bytes) -> None:
+        if stream == 0:
+            if kind == wire.HELLO:  # the host asks again (a greeting may have gone before it listened)
+                conn.send(wire.pack_json(0, wire.HELLO, {"agent": "posture", "version": 1}))
+            return
         proc = conn.procs.get(stream)
         if kind == wire.OPEN:
             if proc is not None:

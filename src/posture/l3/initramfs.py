@@ -38,7 +38,7 @@ for m in $(cat /modules.order); do
     # the root share first; then warm up python (the agent's interpreter) on another vCPU while the rest loads
     mount -t virtiofs -o ro root /newroot || { echo "posture-init: cannot mount the root share"; poweroff -f; }
     read online < /sys/devices/system/cpu/online
-    [ "$online" != 0 ] && [ -x /newroot/.posture-guest/warm ] && chroot /newroot /.posture-guest/warm &
+    [ "$online" != 0 ] && [ -x /newroot/.posture-guest/warm ] && chroot /newroot /.posture-guest/warm >/dev/null 2>&1 &
   fi
 done
 mount -t virtiofs rw /newroot/.posture-guest/rw || { echo "posture-init: cannot mount the rw share"; poweroff -f; }

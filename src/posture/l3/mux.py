@@ -44,6 +44,7 @@ class Mux:
         self.thread: threading.Thread | None = None
         self.listener: socket.socket | None = None
         self.wake_r, self.wake_w = os.pipe()
+        self.send_lock = threading.Lock()  # frames to the VM come from the serving thread and from wait_ready
 
     def start(self, connect_timeout: float = 10.0) -> None:
         """Connect to the VM's channel socket, listen for clients, serve in a daemon thread."""
@@ -74,14 +75,31 @@ class Mux:
         self.thread = threading.Thread(target=self._run, name="posture-l3-mux", daemon=True)
         self.thread.start()
 
-    def wait_ready(self, timeout: float) -> bool:
-        """True once the guest's agent said hello; False at `timeout` or as soon as the VM's end closes."""
+    def wait_ready(self, timeout: float, ask_every: float = 1.0) -> bool:
+        """True once the guest's agent said hello; False at `timeout` or as soon as the VM's end closes.
+
+        The agent greets when it opens its port; the host also asks again every `ask_every`
+        seconds (a HELLO on stream 0, which the agent answers), so that a greeting lost on
+        the way can only delay the start, never stall it."""
         deadline = time.monotonic() + timeout
+        next_ask = time.monotonic() + ask_every
         while not self.ready.is_set():
-            if self.closed.is_set() or time.monotonic() > deadline:
+            now = time.monotonic()
+            if self.closed.is_set() or now > deadline:
                 return False
+            if now >= next_ask:
+                self._send(wire.pack_json(0, wire.HELLO, {"agent": "posture", "version": 1}))
+                next_ask = now + ask_every
             self.ready.wait(0.05)
         return True
+
+    def _send(self, frame: bytes) -> None:
+        assert self.chan is not None
+        with self.send_lock:
+            try:
+                self.chan.sendall(frame)
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Stop serving and drop every connection."""
@@ -172,7 +190,8 @@ class Mux:
                 self.routes[vstream] = (client, cstream)
             elif vstream is None:
                 continue
-            self.chan.sendall(wire.pack(vstream, kind, payload))
+            with self.send_lock:
+                self.chan.sendall(wire.pack(vstream, kind, payload))
 
     def _drop(self, client: _Client) -> None:
         try:
@@ -184,9 +203,6 @@ class Mux:
         for vstream in client.streams.values():
             # the client went away: hang up its commands, as a closing terminal would
             self.routes.pop(vstream, None)
-            try:
-                self.chan.sendall(wire.pack_json(vstream, wire.SIGNAL, {"signal": int(signal.SIGHUP)}))
-            except OSError:
-                pass
+            self._send(wire.pack_json(vstream, wire.SIGNAL, {"signal": int(signal.SIGHUP)}))
         client.streams.clear()
 

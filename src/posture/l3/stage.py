@@ -9,7 +9,7 @@ SPEC is {"ops": [...], "daemons": [...]}. Each op is one of
     {"op": "touch", "path"}                    an empty file (parents made)
     {"op": "symlink", "path", "target"}
     {"op": "write", "path", "data", "mode"}
-    {"op": "copy", "src", "path"}              a file's bytes
+    {"op": "copy", "src", "path", "mode"?}     a file's bytes (mode 0644 unless given)
     {"op": "bind", "src", "dst", "ro"}         a recursive bind mount, remounted read-only when ro
     {"op": "remount_ro", "path"}
 Then every daemon (argv, socket) is started with this process as its parent; "ready" is
@@ -65,7 +65,7 @@ def apply(op):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(op["src"], "rb") as src, open(path, "wb") as dst:
             dst.write(src.read())
-        os.chmod(path, 0o644)
+        os.chmod(path, int(op.get("mode", 0o644)))
     elif kind == "bind":
         mount(op["src"], path, None, MS_BIND | MS_REC)
         if op.get("ro"):
