@@ -9,7 +9,6 @@ reordering any record breaks the chain from that record on.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import paths
+from .gitutil import sha256
 
 GENESIS = "0" * 64
 
@@ -30,7 +30,7 @@ def log_path() -> Path:
 def _digest(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256(canonical.encode()).hexdigest()
 
 
 def _last_record(fh) -> dict[str, Any] | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +64,8 @@ def list_checkpoints(project: Path, session: str) -> list[str]:
 
 def capture(project: Path, session: str, message: str = "") -> Checkpoint:
     """Commit the work tree of `project` to refs/posture/<session>/checkpoint-N and return it."""
+    import tempfile  # here, not at the top: it loads `random`, and every posture call imports this module
+
     args, git_dir = _repo_args(project)
     scratch = Path(tempfile.mkdtemp(prefix="posture-ckpt-", dir=paths.ensure_private_dir(paths.state_dir() / "tmp")))
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -107,11 +106,11 @@ def _accel(value: Any) -> str:
         raise ValueError(f"expected auto, kvm or tcg, got {value!r}")
     return value
 
+
 def _guest_agent(value: Any) -> str:
     if value not in ("auto", "native", "python"):
         raise ValueError(f"expected auto, native or python, got {value!r}")
     return value
-
 
 
 _STR_LIST = _list_of(_str, "strings")
@@ -141,8 +140,8 @@ USER_SCHEMA: Schema = {
         "initrd": _host_path,
         "memory_mib": _int(128, 65536),
         "cpus": _int(1, 64),
-        "agent": _guest_agent,
         "accel": _accel,
+        "agent": _guest_agent,
         "boot_timeout": _int(5, 3600),
     },
     "l4": {
@@ -224,14 +223,61 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(path, line, "", "the file is not UTF-8 text (expected a TOML document)") from None
+    if not text.strip(" \t\n"):  # empty (TOML's own whitespace only): no need to load the parser
+        return {}, text
+    cached = _parsed_cache(text)
+    if cached is not None:
+        return cached, text
+    import tomllib  # only when there is something new to parse: it costs a few ms to import
+
     try:
-        return tomllib.loads(text), text
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         m = re.search(r"\(at line (\d+), column \d+\)", msg)
         line = int(m.group(1)) if m else None
         what = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", msg)
         raise ConfigError(path, line, "", f"invalid TOML: {what} (expected a valid TOML document)") from None
+    _parsed_store(text, data)
+    return data, text
+
+
+# Parsed TOML documents, by the SHA-256 of their text, as JSON in posture's state dir (outside every
+# view): `posture exec` reads its profile on every call, and importing tomllib costs more than
+# reading this back. Only documents JSON holds exactly (no dates or times) are kept.
+
+def _parsed_path(text: str) -> Path:
+    from .gitutil import sha256
+
+    return paths.state_dir() / "cache" / "toml" / f"{sha256(text.encode()).hexdigest()}.json"
+
+
+def _parsed_cache(text: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        data = json.loads(_parsed_path(text).read_text())
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _parsed_store(text: str, data: dict[str, Any]) -> None:
+    import json
+    import os
+
+    try:
+        encoded = json.dumps(data)
+    except (TypeError, ValueError):  # a date or time: not cached
+        return
+    try:
+        path = _parsed_path(text)
+        paths.ensure_private_dir(path.parent)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(encoded)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError):
+        pass
 
 
 def _validate(

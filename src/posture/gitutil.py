@@ -7,12 +7,19 @@ where they could run code, since the repository may have been written by a stran
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import subprocess
 from pathlib import Path
 
 from .errors import UsageError
+
+try:  # the builtin implementation: importing hashlib loads OpenSSL, a few ms on every posture call
+    from _sha256 import sha256
+except ImportError:  # Python >= 3.12 names it _sha2; any other build has hashlib
+    try:
+        from _sha2 import sha256  # type: ignore[no-redef]
+    except ImportError:
+        from hashlib import sha256  # type: ignore[no-redef]
 
 # Config that makes git run programs; forced off for every call posture makes.
 SAFE_CONFIG = (
@@ -47,6 +54,21 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = 
     return proc
 
 
+def start(cwd: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start `git args` in `cwd` like `git` does, without waiting: collect it with `finish`."""
+    argv = ["git"]
+    for item in SAFE_CONFIG:
+        argv += ["-c", item]
+    argv += list(args)
+    return subprocess.Popen(argv, cwd=cwd, env=git_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen[bytes]) -> subprocess.CompletedProcess[bytes]:
+    """Wait for a git started with `start`; the same result `git(..., check=False)` gives."""
+    stdout, stderr = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def out(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """stdout of a git command, stripped."""
     return git(cwd, *args, env=env).stdout.decode(errors="replace").strip()
@@ -68,9 +90,15 @@ def toplevel(path: Path) -> Path | None:
     return Path(proc.stdout.decode().strip())
 
 
+# (kind, project) -> answer, filled by resolve_project's one combined rev-parse for the
+# top level it found; the lru caches below answer everything else.
+_primed: dict[tuple[str, str], Path | None] = {}
+
+
 def common_dir(project: Path) -> Path | None:
     """The git common dir (shared by all worktrees) of `project`, or None outside git."""
-    return _common_dir(str(project))
+    key = ("common", str(project))
+    return _primed[key] if key in _primed else _common_dir(str(project))
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,7 +111,8 @@ def _common_dir(project: str) -> Path | None:
 
 def git_dir(project: Path) -> Path | None:
     """This worktree's own git dir, or None outside git."""
-    return _git_dir(str(project))
+    key = ("git", str(project))
+    return _primed[key] if key in _primed else _git_dir(str(project))
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,10 +131,20 @@ def resolve_project(path: Path | None) -> Path:
     if not start.is_dir():
         raise UsageError(f"{start}: not a directory", fix="give the path of a project directory")
     start = start.resolve()
+    # One git call for what `toplevel`, `common_dir` and `git_dir` would ask separately (each
+    # spawn costs a few ms on the agent's hot path); anything unusual (inside a .git dir, a
+    # bare repository, not git at all, a path with a newline or edge blanks) falls back to the separate calls.
+    proc = git(start, "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-common-dir", "--git-dir", check=False)
+    lines = proc.stdout.decode().split("\n")
+    if proc.returncode == 0 and len(lines) == 4 and lines[3] == "" and all(line and line == line.strip() for line in lines[:3]):
+        top = Path(lines[0])
+        _primed[("common", str(top))] = Path(lines[1]).resolve()
+        _primed[("git", str(top))] = Path(lines[2]).resolve()
+        return top
     return toplevel(start) or start
 
 
 def project_key(project: Path) -> str:
     """Stable key for a project: its git common dir (worktrees share it), else its path."""
     anchor = common_dir(project) or project.resolve()
-    return hashlib.sha256(str(anchor).encode()).hexdigest()[:16]
+    return sha256(str(anchor).encode()).hexdigest()[:16]

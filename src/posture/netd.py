@@ -22,7 +22,6 @@ Protocol: one JSON object per line each way over a unix socket (mode 0666).
 
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
 import ipaddress
@@ -128,10 +127,17 @@ class Attached:
 SPARES = 3  # slirp4netns launchers kept ready
 REFILL_DELAY = 0.3  # seconds after an attach before the pool is topped up
 
-# Runs as `python3 -I -S -c _LAUNCHER FD`: waits for argv (JSON, with {0} {1} {2} standing for the
-# fds passed alongside) on the unix socket FD, then execs it with exactly those fds inherited.
+# Runs as `python3 -I -S -c _LAUNCHER FD`: first enters a private mount namespace of its own (what
+# `unshare -m --propagation private` did at attach time, done ahead of time here), then waits for
+# argv (JSON, with {0} {1} {2} standing for the fds passed alongside) on the unix socket FD, then
+# execs it with exactly those fds inherited.
 _LAUNCHER = r"""
-import json, os, socket, sys
+import ctypes, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+    sys.exit(f"launcher: unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}")
+if libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None) != 0:  # MS_REC | MS_PRIVATE
+    sys.exit(f"launcher: mount --make-rprivate /: {os.strerror(ctypes.get_errno())}")
 s = socket.socket(fileno=int(sys.argv[1]))
 msg, fds, _flags, _addr = socket.recv_fds(s, 65536, 8)
 if not msg:
@@ -466,8 +472,7 @@ class Daemon:
             os.close(netfd)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
-        argv = [
-            "unshare", "-m", "--propagation", "private",
+        argv = [  # the launcher is in a private mount namespace already (see _LAUNCHER)
             "slirp4netns", "--configure", "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
             *(["--enable-ipv6"] if ipv6 else []),
             "--userns-path=/proc/self/fd/{0}", "-r", "{1}", "-e", "{2}",
@@ -495,10 +500,10 @@ class Daemon:
         threading.Thread(target=_drain, args=(att.slirp.stderr,), daemon=True).start()
         if ipv6:
             # Configure the v6 address now rather than waiting for slirp's router advertisement.
-            v6 = subprocess.run(["nsenter", f"--net=/proc/{att.pid}/ns/net", "ip", "-6", "-batch", "-"], capture_output=True,
-                                input=b"addr add fd00::100/64 dev tap0 nodad\nroute replace default via fd00::2 dev tap0\n")
-            if v6.returncode != 0:
-                _log(f"IPv6 set-up of {att.key} failed: {v6.stderr.decode(errors='replace').strip()}")
+            try:
+                _configure_ipv6(att.pid)
+            except OSError as exc:
+                _log(f"IPv6 set-up of {att.key} failed: {exc}")
 
     def _watch(self, att: Attached) -> None:
         try:
@@ -629,6 +634,85 @@ def _drain(stream: Any) -> None:
         pass
 
 
+# rtnetlink, for _configure_ipv6
+RTM_NEWADDR, RTM_NEWROUTE, NLMSG_ERROR = 20, 24, 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS, IFA_F_NODAD = 1, 2, 8, 0x02
+RTA_OIF, RTA_GATEWAY, RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 4, 5, 254, 3, 1
+CLONE_NEWNET = 0x40000000
+
+
+def _rtattr(kind: int, payload: bytes) -> bytes:
+    attr = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return attr + b"\0" * (-len(attr) % 4)
+
+
+def _netlink_call(sock: socket.socket, seq: int, kind: int, flags: int, body: bytes) -> None:
+    sock.send(struct.pack("=IHHII", 16 + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body)
+    while True:
+        data = sock.recv(65536)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, offset)
+            if mtype == NLMSG_ERROR and mseq == seq:
+                error = -struct.unpack_from("=i", data, offset + 16)[0]
+                if error:
+                    raise OSError(error, os.strerror(error))
+                return
+            offset += max(16, (length + 3) & ~3)
+
+
+def _configure_ipv6(pid: int, dev: str = "tap0") -> None:
+    """In the network namespace of `pid`: `ip -6 addr add fd00::100/64 dev tap0 nodad` and
+    `ip -6 route replace default via fd00::2 dev tap0`, over rtnetlink from a thread that enters
+    the namespace (setns is per thread), so no nsenter and ip processes on the attach path."""
+    import ctypes
+
+    done: list[BaseException | tuple[socket.socket, int]] = []
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if libc.setns(target, CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), f"setns into the network namespace of {pid}")
+                    try:
+                        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)  # NETLINK_ROUTE
+                        try:
+                            index = socket.if_nametoindex(dev)
+                        except OSError:
+                            sock.close()
+                            raise
+                    finally:
+                        libc.setns(own, CLONE_NEWNET)  # this thread ends next anyway
+                finally:
+                    os.close(target)
+            finally:
+                os.close(own)
+            done.append((sock, index))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            done.append(exc)
+
+    thread = threading.Thread(target=enter, daemon=True)
+    thread.start()
+    thread.join()
+    if not done or isinstance(done[0], BaseException):
+        raise done[0] if done else OSError(errno.EIO, "could not enter the sandbox's network namespace")
+    sock, index = done[0]
+    addr, gateway = socket.inet_pton(socket.AF_INET6, "fd00::100"), socket.inet_pton(socket.AF_INET6, "fd00::2")
+    with sock:
+        sock.settimeout(5)
+        _netlink_call(sock, 1, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL,
+                      struct.pack("=BBBBI", socket.AF_INET6, 64, IFA_F_NODAD, 0, index)
+                      + _rtattr(IFA_LOCAL, addr) + _rtattr(IFA_ADDRESS, addr) + _rtattr(IFA_FLAGS, struct.pack("=I", IFA_F_NODAD)))
+        _netlink_call(sock, 2, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE,
+                      struct.pack("=BBBBBBBBI", socket.AF_INET6, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, 0, RTN_UNICAST, 0)
+                      + _rtattr(RTA_GATEWAY, gateway) + _rtattr(RTA_OIF, struct.pack("=I", index)))
+
+
 def _descendants(pid: int) -> list[int]:
     out: list[int] = []
     todo = [pid]
@@ -739,6 +823,8 @@ def stop(sock_path: str, timeout: float = 10.0) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m posture.netd`."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="posture netd", description="posture's root network helper for L2")
     parser.add_argument("--socket", default=DEFAULT_SOCKET)
     parser.add_argument("--cgroup", default=None, help="cgroup (relative to the v2 root) the helper owns")

@@ -9,7 +9,6 @@ import abc
 import fcntl
 import json
 import os
-import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -61,7 +60,7 @@ class SessionRecord:
 
 def new_id() -> str:
     """A short, unguessable session id."""
-    return time.strftime("%m%d") + "-" + secrets.token_hex(4)
+    return time.strftime("%m%d") + "-" + os.urandom(4).hex()  # what secrets.token_hex(4) does, without importing it
 
 
 def sessions_dir() -> Path:

@@ -32,6 +32,9 @@ AGENT_DIR_INSIDE = "/run/posture/agent"
 PYTHON = "/usr/bin/python3"
 SLIRP_DNS4, SLIRP_DNS6 = "10.0.2.3", "fd00::3"
 INFO_TIMEOUT = 10.0
+# The agent is imported rather than run as a script, so Python uses its compiled .pyc from the
+# package (a script is compiled from source on every start: a few ms before the first command).
+AGENT_MAIN = f"import sys; sys.path.insert(0, {AGENT_DIR_INSIDE!r}); import agent; sys.exit(agent.main())"
 
 
 def _which(name: str) -> str | None:
@@ -213,7 +216,7 @@ class BwrapSession(Session):
             "--ro-bind", str(channel.GUEST_DIR), AGENT_DIR_INSIDE,
             "--chdir", view.cwd or view.project,
             "--seccomp", str(filt_r), "--info-fd", str(info_w),
-            "--", PYTHON, "-I", "-S", f"{AGENT_DIR_INSIDE}/agent.py", "--listen-fd", str(lfd),
+            "--", PYTHON, "-I", "-S", "-c", AGENT_MAIN, "--listen-fd", str(lfd),
         ]
         log = open(runtime / "bwrap.log", "wb")
         try:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import gitutil
 from . import mcp, trust
 from .remotes import Remote, project_remotes
+
+if TYPE_CHECKING:
+    import subprocess
 
 AUTHOR_SCAN_LIMIT = 200_000  # commits; beyond this the scan stops and says so
 
@@ -29,9 +32,13 @@ class Facts:
     untrusted_input: bool = False
 
 
-def _authors(project: Path) -> tuple[list[str], int, bool]:
+def _start_authors(project: Path) -> subprocess.Popen[bytes]:
     # posture's own refs (checkpoints, work pulled back for review) are not the project's history
-    proc = gitutil.git(project, "log", "--exclude=refs/posture/*", "--all", f"--max-count={AUTHOR_SCAN_LIMIT}", "--format=%ae", check=False)
+    return gitutil.start(project, "log", "--exclude=refs/posture/*", "--all", f"--max-count={AUTHOR_SCAN_LIMIT}", "--format=%ae")
+
+
+def _authors(project: Path, started: subprocess.Popen[bytes] | None = None) -> tuple[list[str], int, bool]:
+    proc = gitutil.finish(started if started is not None else _start_authors(project))
     if proc.returncode != 0:
         return [], 0, False
     lines = proc.stdout.decode(errors="replace").splitlines()
@@ -43,8 +50,14 @@ def gather(project: Path, *, intent_push: bool = False, untrusted_input: bool = 
     is_git = gitutil.common_dir(project) is not None
     facts = Facts(project=project, is_git=is_git, intent_push=intent_push, untrusted_input=untrusted_input)
     if is_git:
-        facts.remotes = project_remotes(project)
-        facts.authors, facts.commits, facts.authors_truncated = _authors(project)
+        log = _start_authors(project)  # runs while the remotes are read
+        try:
+            facts.remotes = project_remotes(project)
+        except BaseException:
+            log.kill()
+            log.wait()
+            raise
+        facts.authors, facts.commits, facts.authors_truncated = _authors(project, log)
     facts.mcp = mcp.discover(project)
     facts.trust = trust.trusted(project)
     return facts

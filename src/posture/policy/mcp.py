@@ -7,9 +7,7 @@ any change makes the server unfamiliar again.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,9 @@ class McpServer:
             "env": sorted(self.env_names),
             "headers": sorted(self.header_names),
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        from ..gitutil import sha256
+
+        return sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -115,6 +115,8 @@ def discover(project: Path, home: Path | None = None) -> Discovery:
     codex = home / ".codex" / "config.toml"
     if codex.is_file():
         try:
+            import tomllib
+
             doc = tomllib.loads(codex.read_text())
             table = doc.get("mcp_servers")
             if isinstance(table, dict):
