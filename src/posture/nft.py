@@ -180,6 +180,40 @@ def parse_debug(out: str) -> tuple[dict[str, list[list[int]]], dict[str, int]]:
     return chains, sets
 
 
+NETLINK_NETFILTER = 12
+NFT_MSG_GETGEN, NFT_MSG_NEWGEN, NFNL_SUBSYS_NFTABLES, NFTA_GEN_ID = 16, 15, 10, 1
+
+
+def generation() -> int | None:
+    """The ruleset generation of this network namespace (NFT_MSG_GETGEN), or None when it cannot
+    be read. The kernel bumps it on every committed change to any table, chain, rule, set or
+    element, so an unchanged generation means an unchanged ruleset."""
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER) as sock:
+            sock.settimeout(2)
+            sock.send(struct.pack("=IHHII", 20, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, 0x1, 1, 0) + struct.pack("=BBH", 0, 0, 0))
+            data = sock.recv(8192)
+    except OSError:
+        return None
+    if len(data) < 20:
+        return None
+    length, kind = struct.unpack_from("=IH", data, 0)
+    if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+        return None
+    offset = 20  # nlmsghdr + nfgenmsg, then attributes
+    while offset + 4 <= min(length, len(data)):
+        alen, atype = struct.unpack_from("=HH", data, offset)
+        if alen < 4:
+            return None
+        if atype & 0x3FFF == NFTA_GEN_ID and alen >= 8:
+            return struct.unpack_from(">I", data, offset + 4)[0]
+        offset += (alen + 3) & ~3
+    return None
+
+
 def cgroup_ids(table: str, chain: str) -> list[list[int]]:
     """For each rule of `chain`, the cgroup ids its `socket cgroupv2` matches compare against."""
     chains, _ = parse_debug(run(f"list table inet {table}", debug=True))
