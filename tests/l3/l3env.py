@@ -178,7 +178,7 @@ def l3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[L3]:
                 env = L3(net=net, uri=uri, netd_sock=sock, home=home, xdg=xdg, canary=canary, secret=secret)
                 cfg = xdg / "config" / "posture"
                 cfg.mkdir(parents=True)
-                (cfg / "config.toml").write_text(f'[l3]\nuri = "{uri}"\nboot_timeout = 120\n')
+                (cfg / "config.toml").write_text(f'[l3]\nuri = "{uri}"\nboot_timeout = 90\n')
                 _ensure_kernel(env.env())
                 yield env
         finally:

@@ -99,6 +99,20 @@ def test_both_guest_agents_run_commands(l3: L3, agent: str, tmp_path: Path) -> N
     assert missing.returncode == 127 and "no-such-command-here" in missing.stderr, missing.stderr
 
 
+def test_a_guest_that_does_not_answer_gets_one_fresh_vm(l3: L3, tmp_path: Path) -> None:
+    """The first guest stalls before its agent starts (test hook); posture boots one more VM, then runs."""
+    cfg = tmp_path / "config" / "posture"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_text((l3.xdg / "config" / "posture" / "config.toml").read_text().replace("boot_timeout = 90", "boot_timeout = 30"))
+    project = l3.make_project("stall")
+    proc = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--", "echo", "second-try-ok", cwd=project,
+                      XDG_CONFIG_HOME=str(tmp_path / "config"), POSTURE_FAULT_AT="l3-boot")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "second-try-ok\n"
+    assert "did not come up within 30s" in proc.stderr and "stalled on purpose" in proc.stderr and "trying once more" in proc.stderr
+    assert l3.domains() == [], "the stalled VM is gone too"
+
+
 @pytest.mark.parametrize("mode", ["pipes", "pty"])
 def test_probe_cannot_break_out(l3: L3, mode: str) -> None:
     project = l3.make_project(f"probe-{mode}")

@@ -109,7 +109,7 @@ def ladder(ladder_env: Ladder, user: User, tmp_path: Path) -> Iterator[Ladder]:
             f'netd_socket = "{ladder_env.netd_sock}"',
             "[l3]",
             f'uri = "{ladder_env.libvirt_uri}"',
-            "boot_timeout = 180",
+            "boot_timeout = 90",
             "[l4]",
             'host = "vps"',
             f'user = "{vps.user}"',

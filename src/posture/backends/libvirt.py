@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,23 @@ class LibvirtSession(Session):
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        """Boot the session's VM; a guest that does not answer in time gets one fresh VM more."""
+        try:
+            # test hook (as in escalate.py): POSTURE_FAULT_AT=l3-boot stalls the first guest before its agent starts
+            self._start_once(stall=os.environ.get("POSTURE_FAULT_AT") == "l3-boot")
+        except _BootTimeout as first:
+            print(f"posture: {first.message}; trying once more with a fresh VM", file=sys.stderr, flush=True)
+            self.stop()
+            try:
+                shutil.move(str(self._runtime() / "console.log"), str(self._runtime() / "console-first-try.log"))
+            except OSError:
+                pass
+            try:
+                self._start_once()
+            except _BootTimeout as second:
+                raise Unavailable(f"{second.message} (twice; the first try's console is console-first-try.log)", fix=second.fix) from None
+
+    def _start_once(self, stall: bool = False) -> None:
         if self.view is None:
             raise InternalError("an L3 session starts from a view")
         if os.geteuid() != 0:
@@ -172,7 +190,7 @@ class LibvirtSession(Session):
         _t("prepared")
         agent = guestagent.choose(l3.get("agent", "auto"), EXPOSED_ROOT / "boot", virtiofs.GUEST, virtiofs.GUEST_PYTHON, virtiofs.agent_pycs)
         self.record.data["agent"] = agent.kind
-        served = virtiofs.serve(self.view, run, gid, network, agent=agent)
+        served = virtiofs.serve(self.view, run, gid, network, agent=agent, stall=stall)
         _t("staged")
         self.stage = served.proc
         self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders, "placeholder_registry": served.registry})
@@ -204,8 +222,10 @@ class LibvirtSession(Session):
         _t("ready")
         if not ok:
             tail = self._console_tail()
-            what = "stopped before its exec agent answered" if self.mux.closed.is_set() else f"did not come up within {timeout:.0f}s ({acc})"
-            raise Unavailable(f"the L3 guest {what}{': ' + tail if tail else ''}", fix=f"see {self._runtime() / 'console.log'} (kept after the VM is gone); raise [l3] boot_timeout or set [l3] accel")
+            fix = f"see {self._runtime() / 'console.log'} (kept after the VM is gone); raise [l3] boot_timeout or set [l3] accel"
+            if self.mux.closed.is_set():
+                raise Unavailable(f"the L3 guest stopped before its exec agent answered{': ' + tail if tail else ''}", fix=fix)
+            raise _BootTimeout(f"the L3 guest did not come up within {timeout:.0f}s ({acc}){': ' + tail if tail else ''}", fix=fix)
 
     def _console_tail(self) -> str:
         """The most telling lines of the guest's console: a panic, else its last three (posture-init's own words, the boot timeline)."""
@@ -287,6 +307,7 @@ class LibvirtSession(Session):
             self.net = None
         elif data.get("net"):
             l3net.release_described(data["net"])
+        data.pop("net", None)
         _t("net released")
         if data.get("placeholder_registry") and data.get("placeholders"):
             virtiofs.release_placeholders(data["placeholder_registry"], self.record.id)
@@ -453,6 +474,10 @@ def posture_commands(app) -> None:
 
 
 _ = (paths, time)
+
+
+class _BootTimeout(Unavailable):
+    """The guest did not answer within [l3] boot_timeout (the VM was still running)."""
 
 
 def _agent_check(wanted: str) -> Check:
