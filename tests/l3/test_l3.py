@@ -247,3 +247,23 @@ def test_kill9_takes_the_vm_along(l3: L3) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_doctor_reports_l3(l3: L3, tmp_path: Path) -> None:
+    """Against the real private libvirtd: every L3 line, and a failing one with its fix."""
+    r = l3.posture("doctor", "--json")
+    assert r.returncode == 0, r.stderr
+    by = {row["check"]: row for row in json.loads(r.stdout) if row.get("level") == "l3"}
+    for check in ("l3 root", "l3 libvirt-python", "l3 libvirtd", "l3 shared memory", "l3 virtiofsd", "l3 kernel", "l3 busybox",
+                  "l3 exec agent", "l3 accelerator", "l3 network"):
+        assert by[check]["ok"], by[check]
+    assert by["l3 exec agent"]["detail"].startswith("native"), by["l3 exec agent"]
+    # which one, and why (or that the first session will probe it)
+    assert by["l3 accelerator"]["detail"].startswith(("kvm:", "tcg:", "KVM not probed yet")), by["l3 accelerator"]
+    cfg = tmp_path / "config" / "posture"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_text(f'[l3]\nuri = "qemu+unix:///system?socket={tmp_path}/no-such.sock"\n')
+    r = l3.posture("doctor", "--json", XDG_CONFIG_HOME=str(tmp_path / "config"), POSTURE_NETD_SOCKET=str(tmp_path / "none.sock"))
+    by = {row["check"]: row for row in json.loads(r.stdout) if row.get("level") == "l3"}
+    assert not by["l3 libvirtd"]["ok"] and by["l3 libvirtd"]["fix"], by["l3 libvirtd"]
+    assert not by["l3 network"]["ok"] and by["l3 network"]["fix"], by["l3 network"]
