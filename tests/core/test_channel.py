@@ -152,3 +152,33 @@ def test_signal_and_resize_reach_the_command(agent: Path, tmp_path: Path) -> Non
     assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
     proc.terminate()
     assert proc.wait(timeout=20) == 128 + 15
+
+
+def test_malformed_requests_get_an_error_and_the_agent_goes_on(agent: Path) -> None:
+    """Broken OPEN payloads are answered with a non-zero EXIT; the same connection then runs a command."""
+    import json
+
+    from posture.guest import wire
+
+    bad = [b"{not json", b'["argv"]', b'{"argv": "sh"}', b'{"argv": ["true"], "env": {"A": ' + b"[" * 200 + b"]" * 200 + b"}}",
+           b'{"argv": ["true"], "cwd": "/\\u0000x"}', b'{"argv": ["tr\\ud800ue"]}', b'{"argv": []}', b""]
+    sock = channel.connect_unix(agent)
+    sock.settimeout(20)
+    reader = wire.Reader()
+    for stream, payload in enumerate(bad, start=1):
+        sock.sendall(wire.pack(stream, wire.OPEN, payload))
+    sock.sendall(wire.pack_json(len(bad) + 1, wire.OPEN, {"argv": ["sh", "-c", "echo fine"], "env": {"PATH": "/usr/bin:/bin"}, "cwd": "/", "tty": False}))
+    sock.sendall(wire.pack(len(bad) + 1, wire.STDIN_EOF))
+    exits: dict[int, int] = {}
+    out = b""
+    while len(exits) < len(bad) + 1:
+        data = sock.recv(65536)
+        assert data, f"the agent closed the connection; exits so far {exits}"
+        for stream, kind, payload in reader.feed(data):
+            if kind == wire.EXIT:
+                exits[stream] = json.loads(payload)["code"]
+            elif kind == wire.STDOUT:
+                out += payload
+    sock.close()
+    assert {s: c for s, c in exits.items() if c == 0} == {len(bad) + 1: 0}, exits
+    assert exits[len(bad) + 1] == 0 and out == b"fine\n", (exits, out)

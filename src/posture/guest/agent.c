@@ -239,13 +239,14 @@ static int jvalue(jparser *jp, jv *v) {
         if (jp->p < jp->end && *jp->p == close) { jp->p++; rc = 0; goto done; }
         for (;;) {
             if (jpush(v, &cap)) goto done;
+            memset(&v->items[v->n], 0, sizeof(jv)); /* jfree may see it whatever happens next */
             if (v->type == J_OBJ) {
                 size_t klen;
                 jskip(jp);
                 v->keys[v->n] = NULL;
-                if (jstring(jp, &v->keys[v->n], &klen)) { v->items[v->n].type = J_NULL; v->n++; goto done; }
+                if (jstring(jp, &v->keys[v->n], &klen)) { v->n++; goto done; }
                 jskip(jp);
-                if (jp->p >= jp->end || *jp->p != ':') { v->items[v->n].type = J_NULL; v->n++; goto done; }
+                if (jp->p >= jp->end || *jp->p != ':') { v->n++; goto done; }
                 jp->p++;
             }
             if (jvalue(jp, &v->items[v->n])) { v->n++; goto done; }

@@ -124,13 +124,19 @@ class Agent:
 
     def open_stream(self, conn: Conn, stream: int, req: dict) -> None:
         argv = req.get("argv") or []
-        if not argv:
+        if not isinstance(argv, list) or not argv:
             conn.send(wire.pack_json(stream, wire.ERROR, {"message": "empty command"}))
             conn.send(wire.pack_json(stream, wire.EXIT, {"code": 127}))
             return
         env = req.get("env")
-        env = dict(os.environ) if env is None else {str(k): str(v) for k, v in env.items()}
         cwd = req.get("cwd") or "/"
+        strings = [*argv, cwd, *((env or {}).keys() if isinstance(env, dict) else []), *((env or {}).values() if isinstance(env, dict) else [])]
+        if (env is not None and not isinstance(env, dict)) or not all(isinstance(x, str) and "\0" not in x for x in strings):
+            # the same contract as the native agent: strings only, no NUL, nothing converted
+            conn.send(wire.pack_json(stream, wire.ERROR, {"message": "malformed command request (argv, env and cwd must be strings without NUL)"}))
+            conn.send(wire.pack_json(stream, wire.EXIT, {"code": 126}))
+            return
+        env = dict(os.environ) if env is None else env
         tty = bool(req.get("tty"))
         err_r, err_w = os.pipe2(os.O_CLOEXEC)  # reports a failed exec
         if tty:
@@ -237,7 +243,15 @@ class Agent:
             if proc is not None:
                 conn.send(wire.pack_json(stream, wire.ERROR, {"message": "stream already open"}))
                 return
-            self.open_stream(conn, stream, json.loads(payload))
+            try:
+                req = json.loads(payload)
+            except ValueError:
+                req = None
+            if not isinstance(req, dict):
+                conn.send(wire.pack_json(stream, wire.ERROR, {"message": "malformed command request"}))
+                conn.send(wire.pack_json(stream, wire.EXIT, {"code": 126}))
+                return
+            self.open_stream(conn, stream, req)
         elif proc is None:
             return
         elif kind == wire.STDIN:
