@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import paths
-from .gitutil import sha256
+from .digest import sha256
 
 GENESIS = "0" * 64
 

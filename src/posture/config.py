@@ -247,7 +247,7 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
 # reading this back. Only documents JSON holds exactly (no dates or times) are kept.
 
 def _parsed_path(text: str) -> Path:
-    from .gitutil import sha256
+    from .digest import sha256
 
     return paths.state_dir() / "cache" / "toml" / f"{sha256(text.encode()).hexdigest()}.json"
 

@@ -11,15 +11,9 @@ import os
 import subprocess
 from pathlib import Path
 
+from .digest import sha256
 from .errors import UsageError
 
-try:  # the builtin implementation: importing hashlib loads OpenSSL, a few ms on every posture call
-    from _sha256 import sha256
-except ImportError:  # Python >= 3.12 names it _sha2; any other build has hashlib
-    try:
-        from _sha2 import sha256  # type: ignore[no-redef]
-    except ImportError:
-        from hashlib import sha256  # type: ignore[no-redef]
 
 # Config that makes git run programs; forced off for every call posture makes.
 SAFE_CONFIG = (
@@ -42,13 +36,16 @@ def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run `git args` in `cwd` with code-running config disabled; raise on failure when `check`."""
+def _argv(args: tuple[str, ...]) -> list[str]:
     argv = ["git"]
     for item in SAFE_CONFIG:
         argv += ["-c", item]
-    argv += list(args)
-    proc = subprocess.run(argv, cwd=cwd, env=git_env(env), capture_output=True, input=input)
+    return argv + list(args)
+
+
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run `git args` in `cwd` with code-running config disabled; raise on failure when `check`."""
+    proc = subprocess.run(_argv(args), cwd=cwd, env=git_env(env), capture_output=True, input=input)
     if check and proc.returncode != 0:
         raise GitError(args, proc.returncode, proc.stderr.decode(errors="replace").strip())
     return proc
@@ -56,11 +53,7 @@ def git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = 
 
 def start(cwd: Path, *args: str) -> subprocess.Popen[bytes]:
     """Start `git args` in `cwd` like `git` does, without waiting: collect it with `finish`."""
-    argv = ["git"]
-    for item in SAFE_CONFIG:
-        argv += ["-c", item]
-    argv += list(args)
-    return subprocess.Popen(argv, cwd=cwd, env=git_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(_argv(args), cwd=cwd, env=git_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def finish(proc: subprocess.Popen[bytes]) -> subprocess.CompletedProcess[bytes]:

@@ -245,6 +245,6 @@ def l2() -> Iterator[L2]:
 def probe_report(output: str) -> dict:
     """The probe's JSON report from a session's output (a pty adds carriage returns)."""
     for line in output.replace("\r", "").splitlines():
-        if line.startswith("PROBE-RESULT:"):
-            return json.loads(line[len("PROBE-RESULT:"):])
+        if "PROBE-RESULT:" in line:  # under a pty, the probe's TIOCSTI attempts echo in front of it
+            return json.loads(line.split("PROBE-RESULT:", 1)[1])
     raise AssertionError(f"the probe printed no report; output was:\n{output[-4000:]}")

@@ -29,6 +29,7 @@ for p in (str(TESTS), str(HERE), str(TESTS / "l2")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from l2env import probe_report  # noqa: E402,F401  (the same probe runs in both)
 from privlibvirtd import private_libvirtd  # noqa: E402
 from testnet import TestNet, testnet  # noqa: E402
 
@@ -190,12 +191,6 @@ def l3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[L3]:
                 pass
 
 
-def probe_report(output: str) -> dict:
-    """The probe's JSON report from a session's output (a pty adds carriage returns)."""
-    for line in output.replace("\r", "").splitlines():
-        if "PROBE-RESULT:" in line:  # under a pty, the probe's TIOCSTI attempts echo in front of it
-            return json.loads(line.split("PROBE-RESULT:", 1)[1])
-    raise AssertionError(f"no probe report in output:\n{output[-4000:]}")
 
 
 def wait_for(pred, timeout: float, step: float = 0.1) -> bool:

@@ -20,7 +20,7 @@ import pytest
 from testnet import testnet
 
 from l4.l4env import L4User
-from l4.vps import STANDIN_BIN, Vps, start_vps, stop_vps
+from l4.vps import STANDIN_BIN, Vps, l4_config, start_vps, stop_vps
 
 
 def _require_tools() -> None:
@@ -51,12 +51,7 @@ def l4(user, vps: Vps, tmp_path: Path) -> L4User:
         "\n".join(
             [
                 'profile = "shell"',
-                "[l4]",
-                'host = "vps"',
-                f'user = "{vps.user}"',
-                f"port = {vps.port}",
-                f'identity = "{vps.client_key}"',
-                f'workdir = "{workdir}"',
+                *l4_config(vps, workdir),
                 "",
             ]
         )

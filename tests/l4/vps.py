@@ -171,6 +171,11 @@ class Vps:
         return {"daemon": True, "BackendState": "Running", "peers": [other, peer]}
 
 
+def l4_config(vps: Vps, workdir: str) -> list[str]:
+    """The user config's `[l4]` table for this VPS, named by its first label as MagicDNS gives it."""
+    return ["[l4]", 'host = "vps"', f'user = "{vps.user}"', f"port = {vps.port}", f'identity = "{vps.client_key}"', f'workdir = "{workdir}"']
+
+
 def start_vps(net: TestNet) -> Vps:
     """Create the user, keys and config, and start sshd."""
     pw = ensure_user()

@@ -24,7 +24,7 @@ sys.path.insert(0, str(TESTS / "l3"))
 from l2env import start_netd, stop_netd  # noqa: E402
 from privlibvirtd import private_libvirtd  # noqa: E402
 from l3env import REAL_DATA, _ensure_kernel  # noqa: E402
-from l4.vps import STANDIN_BIN, Vps, start_vps, stop_vps, write_scenario  # noqa: E402
+from l4.vps import STANDIN_BIN, Vps, l4_config, start_vps, stop_vps, write_scenario  # noqa: E402
 from testnet import TestNet, testnet  # noqa: E402
 
 from support import User, posture_bin  # noqa: E402
@@ -110,12 +110,7 @@ def ladder(ladder_env: Ladder, user: User, tmp_path: Path) -> Iterator[Ladder]:
             "[l3]",
             f'uri = "{ladder_env.libvirt_uri}"',
             "boot_timeout = 90",
-            "[l4]",
-            'host = "vps"',
-            f'user = "{vps.user}"',
-            f"port = {vps.port}",
-            f'identity = "{vps.client_key}"',
-            f'workdir = "{workdir}"',
+            *l4_config(vps, workdir),
             "",
         ])
     )

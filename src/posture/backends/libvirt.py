@@ -49,6 +49,10 @@ EXPOSED_ROOT = Path("/run/posture-l3")  # files QEMU (libvirt's qemu user) must 
 ROOT_FIX = "run posture as root for L3 (libvirt's system instance, virtiofsd and the staging mounts need it)"
 
 
+class _BootTimeout(Unavailable):
+    """The guest did not answer within [l3] boot_timeout (the VM was still running)."""
+
+
 _T0 = time.monotonic()
 
 
@@ -476,18 +480,10 @@ def posture_commands(app) -> None:
 _ = (paths, time)
 
 
-class _BootTimeout(Unavailable):
-    """The guest did not answer within [l3] boot_timeout (the VM was still running)."""
-
-
 def _agent_check(wanted: str) -> Check:
-    """Which exec agent the guest will run; a Python fallback works but starts about two seconds later under TCG."""
+    """Which exec agent the guest will run, and why; the Python fallback works but starts about two seconds later under TCG."""
     try:
-        binary = guestagent.build_native(EXPOSED_ROOT / "boot") if wanted != "python" else None
+        agent = guestagent.choose(wanted, EXPOSED_ROOT / "boot", virtiofs.GUEST, virtiofs.GUEST_PYTHON, virtiofs.agent_pycs)
     except Unavailable as exc:
-        if wanted == "native":
-            return Check("l3 exec agent", False, exc.message, exc.fix or "")
-        return Check("l3 exec agent", True, f"python (the native agent cannot be built: {exc.message}; the first command waits ~2 s longer)", exc.fix or "")
-    if binary is None:
-        return Check("l3 exec agent", True, "python ([l3] agent = \"python\")")
-    return Check("l3 exec agent", True, f"native ({binary})")
+        return Check("l3 exec agent", False, exc.message, exc.fix or "")
+    return Check("l3 exec agent", True, agent.why, guestagent.COMPILER_FIX if wanted == "auto" and agent.kind == "python" else "")

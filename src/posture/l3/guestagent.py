@@ -71,12 +71,12 @@ def choose(wanted: str, cache: Path, guest_dir: str, python: str, pycs: Callable
     if wanted in ("auto", "native"):
         try:
             binary = build_native(cache)
-            return GuestAgent("native", {"agent": (binary, 0o755)}, [f"{guest_dir}/agent"], why="native (built from guest/agent.c)")
+            return GuestAgent("native", {"agent": (binary, 0o755)}, [f"{guest_dir}/agent"], why=f"native ({binary}, built from guest/agent.c)")
         except Unavailable as exc:
             if wanted == "native":
                 raise
-            why = f"python ({exc})"
+            why = f"python (the native agent cannot be built: {exc.message}; the first command waits about 2 s longer)"
     else:
-        why = "python ([l3] agent)"
+        why = 'python ([l3] agent = "python")'
     files = {name: (path, 0o644) for name, path in pycs(cache).items()}
     return GuestAgent("python", files, [python, "-I", "-S", f"{guest_dir}/agent.pyc"], why=why)

@@ -47,7 +47,7 @@ class McpServer:
             "env": sorted(self.env_names),
             "headers": sorted(self.header_names),
         }
-        from ..gitutil import sha256
+        from ..digest import sha256
 
         return sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
