@@ -105,9 +105,13 @@ def test_recreated_cgroup_makes_posture_refuse(l2: L2) -> None:
     assert l2.posture("exec", str(project), "--level", "l2", "--profile", "shell", "--", "true").returncode == 0
 
 
-def test_unloaded_rule_makes_posture_refuse(l2: L2) -> None:
-    project = l2.make_project("unloaded")
-    in_ns(l2.net.gw, "nft", "delete", "table", "inet", l2.table)
+@pytest.mark.parametrize("change", [["delete", "table"], ["flush", "table"]], ids=["deleted", "flushed"])
+def test_unloaded_rule_makes_posture_refuse(l2: L2, change: list[str]) -> None:
+    project = l2.make_project(f"unloaded-{change[0]}")
+    # a session first, so the helper has a passed check to remember: the change must still be seen
+    ok = l2.posture("exec", str(project), "--level", "l2", "--profile", "shell", "--", "true")
+    assert ok.returncode == 0, ok.stderr
+    in_ns(l2.net.gw, "nft", *change, "inet", l2.table)
     try:
         proc = _refuses(l2, project)
         assert "not loaded" in proc.stderr or "not in force" in proc.stderr
