@@ -72,9 +72,9 @@ _T = {
     "posture.l4.sync": ["push", "checkout", "resolve"],
     "posture.l4.relay": ["Relay._serve_one", "remote_service"],
     "posture.gitutil": ["git"],
-    "posture.backends.tailnet": ["TailnetSession.start", "TailnetSession.launch", "TailnetSession.client"],
-    "posture.backends.bwrap": ["BwrapSession.stop", "BwrapSession.freeze"],
-    "posture.netd": ["request"],
+    "posture.l4.session": ["TailnetSession.start", "TailnetSession.launch", "TailnetSession.client"],
+    "posture.l2.session": ["BwrapSession.stop", "BwrapSession.freeze"],
+    "posture.netd.client": ["request"],
     "posture.session": ["SessionStore.update", "SessionStore.save"],
     "posture.policy.trust": ["raise_ratchet"],
 }
@@ -213,7 +213,7 @@ def outer(args: argparse.Namespace) -> None:
     from l4.vps import STANDIN_BIN, start_vps, stop_vps, write_scenario
     from testnet import testnet
 
-    from posture import cgroups
+    from posture.netd import cgroups
 
     tag = uuid.uuid4().hex[:6]
     with tempfile.TemporaryDirectory(prefix="posture-bench-esc-") as tmp:

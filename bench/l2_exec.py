@@ -32,14 +32,14 @@ POSTURE = "/usr/local/bin/posture" if os.access("/usr/local/bin/posture", os.X_O
 RAW_ARGV = r"""
 import json, sys, tempfile
 from pathlib import Path
-from posture import config, profiles, view as viewmod
-from posture.backends import bwrap
+from posture import plugins, profiles, view as viewmod
+from posture.l2 import argv as bwrap
 project = Path(sys.argv[1])
-settings = config.load_settings(project)
+settings = plugins.load_settings(project)
 v = viewmod.build_view(project, profiles.load("shell"), settings, "bench", "l2")
 runtime = Path(tempfile.mkdtemp(prefix="posture-bench-"))
 fs, wanted = bwrap.view_args(v, runtime)
-argv = [bwrap._which("bwrap"), *bwrap.hardening_args("posture"), *fs, "--chdir", str(project), "--", "/bin/true"]
+argv = [bwrap.which("bwrap"), *bwrap.hardening_args("posture"), *fs, "--chdir", str(project), "--", "/bin/true"]
 print(json.dumps({"argv": argv, "env": v.env.env, "missing": wanted}))
 """
 
@@ -78,7 +78,7 @@ def main() -> int:
             ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "posture.netd", "--socket", sock, "--cgroup", base, "--table", table],
             stdout=subprocess.DEVNULL, stderr=open(rundir / "netd.log", "wb"),
         )
-        from posture import netd as netd_client
+        from posture.netd import client as netd_client
 
         deadline = time.monotonic() + 15
         while True:

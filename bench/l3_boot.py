@@ -71,7 +71,7 @@ def main() -> int:
     from privlibvirtd import private_libvirtd
     from testnet import testnet
 
-    from posture import cgroups
+    from posture.netd import cgroups
     from posture.l3 import accel, initramfs, kernel
 
     k = kernel.find_kernel({})

@@ -55,10 +55,10 @@ def measure(fn) -> tuple[int, float]:
 def inner(args: argparse.Namespace) -> None:
     """Runs inside the GW namespace: sets up, then measures `rounds` one-file changes."""
     from posture import checkpoint
-    from posture.backends.tailnet import TailnetBackend
-    from posture.config import load_settings
+    from posture.l4.backend import TailnetBackend
+    from posture.plugins import load_settings
     from posture.l4 import enroll, hostkeys, ssh, sync, tailscale
-    from posture.session import SessionRecord, new_id
+    from posture.session import SessionRecord, StartSpec, new_id
 
     work = Path(args.work)
     repo = work / "repo"
@@ -79,13 +79,13 @@ def inner(args: argparse.Namespace) -> None:
         rec = SessionRecord(id=new_id(), project=str(repo), level="l4", backend="tailnet", profile="shell")
         if ref:
             rec.data["checkpoint_ref"] = ref
-        return backend.session(rec, None, settings)
+        return backend.session(rec, settings)
 
     # Both hosts-side repositories start with the base commit.
     subprocess.run(["runuser", "-u", l4["user"], "--", "git", "init", "-q", "--bare", f"{args.home}/{args.workdir}/plain.git"], check=True)
     git(repo, "push", "-q", plain_url, "HEAD:refs/heads/base", env=plain_env)
     first = session(None)
-    first.start()
+    first.start(StartSpec())
     first.stop()
 
     rows = []

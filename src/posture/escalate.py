@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from . import audit, checkpoint, levels, plugins, profiles, runner
-from .config import load_settings
+from .plugins import load_settings
 from .errors import PostureError, Refused, Unavailable, UsageError
 from .policy import trust
 from .policy.decide import decide
@@ -124,8 +124,8 @@ def escalate(session_id: str | None, to: str | None, reason: str) -> SessionReco
             _fault("launch")
             child_record = store.get(esc["child"])
             argv = _agent_argv(record, child_record.profile)
-            runner.launch_agent(runner.reopen(child_record), argv)
-            child_record.data["agent_argv"] = argv
+            runner.reopen(child_record).launch(argv)
+            child_record.agent_argv = argv
             _save(child_record)
             esc["step"] = "stop"
             _save(record)
@@ -161,7 +161,7 @@ def escalate(session_id: str | None, to: str | None, reason: str) -> SessionReco
 def _agent_argv(record: SessionRecord, profile: str) -> list[str]:
     """What the higher session runs: the lower one's agent, as the profile's `resume` command."""
     prof = profiles.load(profile)
-    argv = record.data.get("agent_argv") or prof.resume
+    argv = record.agent_argv or prof.resume
     return prof.resume if argv == prof.command else argv
 
 
@@ -179,11 +179,11 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
             pass
     req = runner.Request(path=Path(record.project), level=target, profile=record.profile)
     p = runner.plan(req)
-    session = runner.open_session(p, parent=record.id, view_needed=False)
+    session = runner.open_session(p, parent=record.id)
     child = session.record
-    child.data["from_checkpoint"] = esc.get("checkpoint")
+    child.start_from = esc.get("checkpoint")
     # a backend may start the agent as part of start(), on the connection it already holds (L4 does)
-    child.data["launch_argv"] = _agent_argv(record, child.profile)
+    child.launch = _agent_argv(record, child.profile)
     store.save(child)
     esc["child"] = child.id  # known before its keeper starts, so an interrupted run finds it
     _save(record)
@@ -196,6 +196,11 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
             pass
         raise
     return store.get(child.id)
+
+
+def moved_line(child: SessionRecord) -> str:
+    """The line that tells the user where the task went."""
+    return f"posture: {child.parent} escalated to {child.id} at {child.level} ({child.backend}); `posture attach --session {child.id}`"
 
 
 def abort(session_id: str) -> SessionRecord:

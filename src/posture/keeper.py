@@ -1,6 +1,6 @@
 """`python -m posture.keeper SESSION READY_FD`: the keeper of a detached session (runner.keeper_main),
 started without the CLI framework, so a session is up sooner (typer and the plugin commands cost
-about a quarter of a second per process on a slow machine). `posture _keeper` does the same."""
+about a quarter of a second per process on a slow machine)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,12 @@ import importlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pluggy
 
 from . import config, hookspecs
+from .config import Extensions, Settings
 from .errors import UsageError
 
 GROUP = "posture"
@@ -89,8 +91,24 @@ def manager() -> pluggy.PluginManager:
                 pm.register(_load(value), name=name)
     else:
         pm.load_setuptools_entrypoints(GROUP)
-    config.register_rule_names([r.name for r in rules_from(pm)])
     return pm
+
+
+def config_extensions() -> Extensions:
+    """What the loaded plugins add to the config: their tables and their rules' names."""
+    pm = manager()
+    tables: dict[str, config.Schema] = {}
+    for batch in pm.hook.posture_config_tables():
+        for name, schema in (batch or {}).items():
+            if name in config.CORE_USER_SCHEMA or name == "rules":
+                raise UsageError(f"a plugin declares the config table [{name}], which is posture's own", fix="rename the plugin's table")
+            tables.setdefault(name, schema)
+    return Extensions(tables=tables, rule_names=tuple(r.name for r in rules_from(pm)))
+
+
+def load_settings(project: Path, user_config: Path | None = None) -> Settings:
+    """The effective settings for `project`, with every plugin's config tables and rule names."""
+    return config.load_settings(project, config_extensions(), user_config)
 
 
 def rules_from(pm: pluggy.PluginManager) -> list:
@@ -120,7 +138,7 @@ def backends_for(level: str) -> list:
     return [b for b in backends() if b.level == level]
 
 
-def backend_named(name: str):
+def backend_named(name: str) -> Any:
     """The backend called `name`; exit 64 when none is registered."""
     for backend in backends():
         if backend.name == name:

@@ -7,22 +7,24 @@ from pathlib import Path
 from typing import Any
 
 from . import config, paths
+from .config import checks as c
+from .config.tomlfile import read_toml
 from .errors import ConfigError, UsageError
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
 
 _SCHEMA: config.Schema = {
-    "description": config._str,
-    "command": config._list_of(config._str, "strings"),
-    "resume": config._list_of(config._str, "strings"),
+    "description": c.string,
+    "command": c.list_of(c.string, "strings"),
+    "resume": c.list_of(c.string, "strings"),
     "state": {
-        "dirs": config._list_of(config._repo_path, "home-relative paths"),
-        "files": config._list_of(config._repo_path, "home-relative paths"),
-        "project_keyed": config._list_of(config._repo_path, "home-relative paths"),
+        "dirs": c.list_of(c.repo_path, "home-relative paths"),
+        "files": c.list_of(c.repo_path, "home-relative paths"),
+        "project_keyed": c.list_of(c.repo_path, "home-relative paths"),
     },
-    "credentials": {"files": config._list_of(config._repo_path, "home-relative paths")},
-    "env": {"pass": config._ENV_PATTERNS, "secrets": config._ENV_LIST},
-    "protect": {"paths": config._REPO_PATHS},
+    "credentials": {"files": c.list_of(c.repo_path, "home-relative paths")},
+    "env": {"pass": c.ENV_PATTERNS, "secrets": c.ENV_LIST},
+    "protect": {"paths": c.REPO_PATHS},
 }
 
 
@@ -68,8 +70,8 @@ def load(name: str) -> Profile:
     path = _search_path(name)
     if path is None:
         raise UsageError(f"no profile named {name!r}", fix=f"use one of: {', '.join(available())}")
-    data, text = config._read_toml(path)
-    clean, _ = config._validate(data, _SCHEMA, path, text)
+    data, text = read_toml(path)
+    clean, _ = config.validate(data, _SCHEMA, path, text)
     if not clean.get("command"):
         raise ConfigError(path, None, "command", "missing (expected a list such as [\"claude\"])")
     return _from_dict(name, clean)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import audit, gitutil, levels, plugins, profiles
-from .config import Settings, load_settings
-from .errors import InternalError, Refused, Unavailable, UsageError
+from .config import Settings
+from .plugins import load_settings
+from .errors import Refused, Unavailable, UsageError
 from .policy.decide import Decision, decide
 from .session import (
     DEAD,
@@ -25,17 +26,17 @@ from .session import (
     RUNNING,
     STARTING,
     STOPPED,
+    PullResult,
     Session,
     SessionRecord,
     SessionStore,
+    StartSpec,
     new_id,
     pid_alive,
     session_runtime_dir,
 )
 from .view import build_view
 
-TMUX = ["tmux", "-L", "posture"]
-AGENT_WINDOW = "agent"
 KEEPER_READY_TIMEOUT = 600.0
 
 
@@ -115,7 +116,7 @@ def _settings_for(record: SessionRecord) -> Settings:
     return load_settings(Path(record.project))
 
 
-def open_session(p: Plan, parent: str | None = None, view_needed: bool = True) -> Session:
+def open_session(p: Plan, parent: str | None = None) -> Session:
     """Create the session record and the backend's Session for a plan."""
     backend = plugins.backend_named(p.decision.backend or "")
     record = SessionRecord(
@@ -127,14 +128,20 @@ def open_session(p: Plan, parent: str | None = None, view_needed: bool = True) -
         parent=parent,
     )
     SessionStore().save(record)
-    view = build_view(p.project, p.profile, p.settings, record.id, record.level) if view_needed else None
-    return backend.session(record, view, p.settings)
+    return backend.session(record, p.settings)
+
+
+def start_spec(record: SessionRecord, settings: Settings, profile: profiles.Profile | None = None) -> StartSpec:
+    """What `record`'s session starts from: its view, and the checkpoint and agent an escalation asked for."""
+    prof = profile or profiles.load(record.profile)
+    view = build_view(Path(record.project), prof, settings, record.id, record.level)
+    return StartSpec(view=view, checkpoint=record.start_from, launch=record.launch)
 
 
 def reopen(record: SessionRecord) -> Session:
     """The backend's Session for an existing record (from another process)."""
     backend = plugins.backend_named(record.backend)
-    return backend.session(record, None, _settings_for(record))
+    return backend.session(record, _settings_for(record))
 
 
 def live_record(session_id: str | None, project: Path | None = None) -> SessionRecord:
@@ -161,12 +168,12 @@ def refresh(record: SessionRecord) -> SessionRecord:
     return record
 
 
-def _start(session: Session) -> None:
+def _start(session: Session, spec: StartSpec) -> None:
     store = SessionStore()
     record = session.record
     audit.record("session.start", session=record.id, project=record.project, level=record.level, backend=record.backend, parent=record.parent)
     try:
-        session.start()
+        session.start(spec)
     except BaseException as exc:
         session.record.status = FAILED
         session.record.note = f"start failed: {exc}"
@@ -194,7 +201,7 @@ def exec_fresh(req: Request, argv: list[str]) -> int:
     p = plan(req)
     announce(p, always=bool(p.decision.override))
     session = open_session(p)
-    _start(session)
+    _start(session, start_spec(session.record, p.settings, p.profile))
     try:
         return session.exec(argv, tty=os.isatty(0) and os.isatty(1))
     finally:
@@ -284,12 +291,9 @@ def keeper_main(session_id: str, ready_fd: int | None) -> int:
         store = SessionStore()
         record = store.get(session_id)
         settings = _settings_for(record)
-        profile = profiles.load(record.profile)
-        view = build_view(Path(record.project), profile, settings, record.id, record.level)
-        backend = plugins.backend_named(record.backend)
-        session = backend.session(record, view, settings)
+        session = plugins.backend_named(record.backend).session(record, settings)
         session.record.keeper_pid = os.getpid()
-        _start(session)
+        _start(session, start_spec(record, settings))
     except BaseException as exc:  # noqa: BLE001 - reported to the waiting CLI
         if ready_fd is not None:
             os.write(ready_fd, f"error: {exc}".encode())
@@ -299,65 +303,29 @@ def keeper_main(session_id: str, ready_fd: int | None) -> int:
         os.close(ready_fd)
     while not stopping:
         select.select([wake_r], [], [], 0.2)
-        if not stopping and not session_alive(session):
+        if not stopping and not session.alive():
             break
     _stop(session)
     return 0
-
-
-def session_alive(session: Session) -> bool:
-    """Ask the session whether it still runs (backends may implement `alive()`)."""
-    alive = getattr(session, "alive", None)
-    return bool(alive()) if callable(alive) else True
-
-
-def launch_agent(session: Session, argv: list[str]) -> None:
-    """Start the agent command inside the session, in tmux so it can be detached and re-attached."""
-    launch = getattr(session, "launch", None)
-    if callable(launch):
-        launch(argv)
-        return
-    code = session.exec([*TMUX, "new-session", "-d", "-s", AGENT_WINDOW, "-x", "200", "-y", "50", "--", *argv], tty=False)
-    if code != 0:
-        raise InternalError(f"could not start the agent in the session (tmux exited {code})")
-
-
-def agent_running(session: Session) -> bool:
-    """True while the agent's tmux session exists inside the session."""
-    running = getattr(session, "agent_running", None)
-    if callable(running):
-        return bool(running())
-    with open(os.devnull, "wb") as null:
-        saved = os.dup(1), os.dup(2)
-        try:
-            os.dup2(null.fileno(), 1)
-            os.dup2(null.fileno(), 2)
-            return session.exec([*TMUX, "has-session", "-t", AGENT_WINDOW], tty=False) == 0
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecord, int]:
     """`posture up`: start a kept session, launch the agent, and attach unless `detach`."""
     p = plan(req)
     announce(p, always=True)
-    session = open_session(p, view_needed=False)
+    session = open_session(p)
     record = session.record
     spawn_keeper(record, req)
     record = SessionStore().get(record.id)
     session = reopen(record)
     command = argv or p.profile.command
-    launch_agent(session, command)
-    record.data["agent_argv"] = command
-    SessionStore().update(record.id, data=record.data)
+    session.launch(command)
+    record = SessionStore().update(record.id, agent_argv=command)
     audit.record("agent.launch", session=record.id, argv=command)
     if detach:
         return record, 0
     code = session.attach()
-    if not agent_running(session):
+    if not session.agent_running():
         down(record.id)
     return SessionStore().get(record.id), code
 
@@ -367,7 +335,7 @@ def attach(session_id: str | None) -> int:
     record = live_record(session_id)
     session = reopen(record)
     code = session.attach()
-    if not agent_running(session):
+    if not session.agent_running():
         down(record.id)
     return code
 
@@ -404,7 +372,28 @@ def ensure_not_lower(current: str, target: str) -> None:
         raise Refused(f"cannot move from {current} to {target}: posture only moves a task up", fix=f"choose one of: {', '.join(levels.above(current)) or 'none (already at the top)'}")
 
 
+def pull(session_id: str | None, project: Path | None = None) -> PullResult:
+    """`posture pull`: the named session's work, or else that of the project's newest session whose work
+    lives elsewhere (running or stopped: an `exec --level l4` session is stopped by the time its work is
+    pulled; its work waits on the host). A local session answers that its work is already here."""
+    store = SessionStore()
+    if session_id:
+        record = store.get(session_id)
+    else:
+        proj = str(gitutil.resolve_project(project))
+        remote = {b.name for b in plugins.backends() if b.remote_work}
+        mine = [r for r in store.all() if r.project == proj and r.backend in remote and r.checkpoints]
+        if not mine:
+            raise UsageError(f"no session of {proj} has work elsewhere to pull", fix="name one with --session (see `posture status`)")
+        record = mine[-1]
+    session = reopen(record)
+    try:
+        return session.pull()
+    finally:
+        session.close()
+
+
 __all__ = [
     "Request", "Plan", "plan", "open_session", "reopen", "exec_fresh", "exec_in", "up", "attach", "down",
-    "down_all", "keeper_main", "live_record", "refresh", "STARTING",
+    "down_all", "keeper_main", "live_record", "refresh", "pull", "start_spec", "STARTING",
 ]

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import paths
-from .errors import UsageError
+from . import paths, terminal
+from .errors import InternalError, Refused, UsageError
 
 # Session statuses.
 STARTING, RUNNING, FROZEN, STOPPED, FAILED, ESCALATED, DEAD = (
@@ -40,7 +40,10 @@ class SessionRecord:
     keeper_pid: int | None = None  # the host process that holds the session open, if any
     checkpoints: list[str] = field(default_factory=list)
     note: str = ""  # what happened and how to resume, for `status`
-    data: dict[str, Any] = field(default_factory=dict)  # backend-specific facts
+    start_from: str | None = None  # the checkpoint ref the session starts from (an escalation's)
+    launch: list[str] | None = None  # the agent command its start launches (an escalation's resume)
+    agent_argv: list[str] | None = None  # the agent command that runs in it
+    data: dict[str, Any] = field(default_factory=dict)  # the backend's own facts; the core never reads them
 
     def public(self) -> dict[str, Any]:
         """The stable `status --json` shape."""
@@ -143,6 +146,16 @@ class SessionStore:
         self._path(session_id).with_suffix(".lock").unlink(missing_ok=True)
 
 
+def release_placeholders(registry: str, session_id: str) -> None:
+    """Drop `session_id`'s hold on its protected-path placeholders; remove those no live session holds."""
+    from . import placeholders
+
+    def live() -> set[str]:
+        return {r.id for r in SessionStore().live(None) if r.id != session_id}
+
+    placeholders.release(registry, session_id, live)
+
+
 def pid_alive(pid: int | None) -> bool:
     """True when process `pid` exists (and is not a zombie)."""
     if not pid:
@@ -154,27 +167,81 @@ def pid_alive(pid: int | None) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class StartSpec:
+    """What a backend needs to start a session: the view (None when the level needs none, as L4's
+    record-only re-open), the checkpoint to start from (None: the project as it is now), and the
+    agent command to launch in the agent terminal once the session is up (None: nothing yet)."""
+
+    view: Any = None
+    checkpoint: str | None = None
+    launch: list[str] | None = None
+
+
+@dataclass
+class PullResult:
+    """What `posture pull` brought back. `here` is True for a local level: its work is already in
+    the project, and nothing was fetched."""
+
+    session: str
+    ref: str = ""  # refs/posture/<session>/pull-N
+    commit: str = ""
+    base: str = ""  # the checkpoint commit the session started from
+    stat: str = ""  # `git diff --stat base commit`
+    new: bool = False  # False when the host had nothing newer than the last pull
+    here: bool = False
+
+
 class Session(abc.ABC):
-    """A running (or startable) agent environment at one level."""
+    """A running (or startable) agent environment at one level: the one interface the core calls."""
 
     def __init__(self, record: SessionRecord) -> None:
         self.record = record
 
+    @property
+    def terminal(self) -> terminal.AgentTerminal:
+        """The agent's terminal (tmux) inside this session."""
+        return terminal.AgentTerminal(terminal.DEFAULT_SERVER)
+
     @abc.abstractmethod
-    def start(self) -> None:
-        """Bring the environment up; return when commands can run in it."""
+    def start(self, spec: StartSpec) -> None:
+        """Bring the environment up from `spec`; return when commands can run in it."""
 
     @abc.abstractmethod
     def exec(self, argv: list[str], tty: bool) -> int:
         """Run `argv` inside, with this process's stdio; return its exit code (128+N if killed by N)."""
 
     @abc.abstractmethod
-    def attach(self) -> int:
-        """Connect the terminal to the session's agent; return when the user detaches or it ends."""
-
-    @abc.abstractmethod
     def stop(self) -> None:
         """Tear everything down; no process of the session survives."""
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """True while the environment still runs (asked by the keeper)."""
+
+    def launch(self, argv: list[str]) -> None:
+        """Start the agent command in the session's agent terminal."""
+        code = self.exec(self.terminal.new(argv), tty=False)
+        if code != 0:
+            raise InternalError(f"could not start the agent in session {self.record.id} (tmux exited {code})")
+
+    def agent_running(self) -> bool:
+        """True while the agent's terminal exists inside the session."""
+        with open(os.devnull, "wb") as null:
+            saved = os.dup(1), os.dup(2)
+            try:
+                os.dup2(null.fileno(), 1)
+                os.dup2(null.fileno(), 2)
+                return self.exec(self.terminal.has(), tty=False) == 0
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                os.close(saved[0])
+                os.close(saved[1])
+
+    def attach(self) -> int:
+        """Connect the terminal to the session's agent; return when the user detaches or it ends."""
+        return self.exec(self.terminal.attach(), tty=True)
 
     def checkpoint(self) -> str:
         """Capture the session's work as a commit under refs/posture/<session>/; return the ref."""
@@ -184,11 +251,18 @@ class Session(abc.ABC):
 
     def freeze(self) -> None:
         """Stop the agent from acting (for a move up the ladder)."""
-        raise NotImplementedError
+        raise Refused(f"session {self.record.id} ({self.record.backend}) cannot be frozen", fix="`posture down` it instead")
 
     def thaw(self) -> None:
         """Undo `freeze`."""
-        raise NotImplementedError
+        raise Refused(f"session {self.record.id} ({self.record.backend}) cannot be thawed", fix="`posture down` it instead")
+
+    def pull(self) -> PullResult:
+        """Bring the session's work back for review; a local level answers that it is already here."""
+        return PullResult(session=self.record.id, here=True)
+
+    def close(self) -> None:
+        """Drop connections this process holds to the session (the session itself keeps running)."""
 
     def describe(self) -> dict[str, Any]:
         """Facts about the session for `status`."""
@@ -234,10 +308,13 @@ class Backend(abc.ABC):
         """Root, once per host: install what this level needs; return what was done."""
         return []
 
-    def teardown(self, settings: Any) -> list[str]:
-        """Undo `setup`; return what was done."""
+    def teardown(self, settings: Any, purge: bool = False) -> list[str]:
+        """Undo `setup`; fetched assets (a kernel) stay unless `purge`; return what was done."""
         return []
 
+    # True when a session's work lives elsewhere and comes back only with `pull` (L4).
+    remote_work: bool = False
+
     @abc.abstractmethod
-    def session(self, record: SessionRecord, view: Any, settings: Any) -> Session:
+    def session(self, record: SessionRecord, settings: Any) -> Session:
         """A Session for `record` (new, or re-opened from the store by a later command)."""

@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from posture import config
+from posture import config, plugins
 from posture.errors import ConfigError
 
 
 def load_user(tmp_path: Path, text: str | bytes) -> dict:
     path = tmp_path / "config.toml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return config.load_user_config(path)
+    return config.load_user_config(plugins.config_extensions(), path)
 
 
 def test_missing_user_config_is_empty(tmp_path: Path) -> None:
-    assert config.load_user_config(tmp_path / "absent.toml") == {}
+    assert config.load_user_config(plugins.config_extensions(), tmp_path / "absent.toml") == {}
 
 
 def test_full_user_config_loads(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def repo_settings(tmp_path: Path, user_text: str, repo_text: str) -> config.Sett
     project = tmp_path / "proj"
     project.mkdir(exist_ok=True)
     (project / ".posture.toml").write_text(repo_text)
-    return config.load_settings(project, tmp_path / "user.toml")
+    return plugins.load_settings(project, tmp_path / "user.toml")
 
 
 def test_repo_cannot_lower_floor_or_rules(tmp_path: Path) -> None:

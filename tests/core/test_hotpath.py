@@ -8,7 +8,9 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from posture import config, gitutil, paths
+from posture import gitutil, paths
+from posture.config import tomlfile
+from posture.errors import ConfigError
 
 
 def _separately(start: Path) -> tuple:
@@ -50,17 +52,17 @@ def test_xdg_dirs_match_platformdirs(user, monkeypatch: pytest.MonkeyPatch, env:
 def test_parsed_toml_comes_back_the_same_from_the_cache(user, tmp_path: Path) -> None:
     doc = tmp_path / "doc.toml"
     doc.write_text('a = 1\nb = 1.5\nc = "x"\nd = [true, false]\n[e]\nf = ["g"]\nnan = nan\n')
-    first, _ = config._read_toml(doc)
+    first, _ = tomlfile.read_toml(doc)
     assert list((paths.state_dir() / "cache" / "toml").glob("*.json"))
-    second, _ = config._read_toml(doc)
+    second, _ = tomlfile.read_toml(doc)
     assert repr(second) == repr(first) and type(second["a"]) is int and type(second["b"]) is float
     dated = tmp_path / "dated.toml"
     dated.write_text("when = 1979-05-27\n")
-    assert repr(config._read_toml(dated)[0]) == repr(config._read_toml(dated)[0])  # dates are not cached, still parsed
+    assert repr(tomlfile.read_toml(dated)[0]) == repr(tomlfile.read_toml(dated)[0])  # dates are not cached, still parsed
     empty = tmp_path / "empty.toml"
     empty.write_text(" \n\t\n")
-    assert config._read_toml(empty)[0] == {}
+    assert tomlfile.read_toml(empty)[0] == {}
     bad = tmp_path / "bad.toml"
     bad.write_text("a = \n")
-    with pytest.raises(config.ConfigError):
-        config._read_toml(bad)
+    with pytest.raises(ConfigError):
+        tomlfile.read_toml(bad)

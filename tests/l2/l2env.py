@@ -29,7 +29,8 @@ sys.path.insert(0, str(TESTS))
 
 from testnet import TestNet, testnet  # noqa: E402
 
-from posture import cgroups, netd  # noqa: E402
+from posture.netd import cgroups  # noqa: E402
+from posture.netd import client as netd  # noqa: E402
 
 USER = "posture-test"
 POSTURE = os.environ.get("POSTURE_BIN", "/usr/local/bin/posture")

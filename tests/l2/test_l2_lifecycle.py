@@ -16,7 +16,7 @@ import pytest
 from l2env import L2, start_netd, stop_netd
 from testnet import PORT, PUBLIC, in_ns
 
-from posture import cgroups
+from posture.netd import cgroups
 
 pytestmark = [pytest.mark.root, pytest.mark.l2]
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from posture import cgroups, nft, placeholders, seccomp
-from posture.backends import bwrap
+from posture import placeholders
+from posture.l2 import argv as bwrap
+from posture.l2 import seccomp
+from posture.netd import cgroups, nft
 
 pytestmark = [pytest.mark.l2]
 

@@ -33,7 +33,8 @@ from l2env import probe_report  # noqa: E402,F401  (the same probe runs in both)
 from privlibvirtd import private_libvirtd  # noqa: E402
 from testnet import TestNet, testnet  # noqa: E402
 
-from posture import cgroups, netd  # noqa: E402
+from posture.netd import cgroups  # noqa: E402
+from posture.netd import client as netd  # noqa: E402
 
 POSTURE = os.environ.get("POSTURE_BIN", "/usr/local/bin/posture")
 REAL_DATA = Path(os.environ.get("XDG_DATA_HOME") or "/root/.local/share")  # the fetched kernel stays between runs

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.l4
 CODE = r"""
 import json, subprocess, sys
 from pathlib import Path
-from posture.config import load_settings
+from posture.plugins import load_settings
 from posture.l4 import ssh, tailscale
 from posture.l4.relay import relay
 

@@ -185,17 +185,15 @@ ESCALATE = r"""
 import sys
 from pathlib import Path
 from posture import checkpoint
-from posture.config import load_settings
-from posture.plugins import backend_named
-from posture.session import SessionRecord, new_id
+from posture.plugins import backend_named, load_settings
+from posture.session import SessionRecord, StartSpec, new_id
 
 repo = Path(sys.argv[1])
 parent = checkpoint.capture(repo, "lower-session", "escalating")
 (repo / "after.txt").write_text("written after the checkpoint\n")  # must not travel: the checkpoint is the truth
 record = SessionRecord(id=new_id(), project=str(repo), level="l4", backend="tailnet", profile="shell", parent="lower-session")
-record.data["from_checkpoint"] = parent.ref
-s = backend_named("tailnet").session(record, None, load_settings(repo))
-s.start()
+s = backend_named("tailnet").session(record, load_settings(repo))
+s.start(StartSpec(checkpoint=parent.ref))
 try:
     code = s.exec(["sh", "-c", "cat carried.txt; test ! -e after.txt"], tty=False)
 finally:

@@ -28,7 +28,7 @@ from l4.vps import STANDIN_BIN, Vps, l4_config, start_vps, stop_vps, write_scena
 from testnet import TestNet, testnet  # noqa: E402
 
 from support import User, posture_bin  # noqa: E402
-from posture import cgroups  # noqa: E402
+from posture.netd import cgroups  # noqa: E402
 
 
 @dataclass

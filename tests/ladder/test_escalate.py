@@ -118,7 +118,7 @@ def assert_gone(ladder: Ladder, sid: str) -> None:
     if data.get("box"):
         import time
 
-        from posture import cgroups
+        from posture.netd import cgroups
 
         box = cgroups.path_of(data["box"])
         assert not box.exists() or not (box / "cgroup.procs").read_text().split(), "a process of the lower session survived"

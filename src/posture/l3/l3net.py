@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import cgroups, netd
+from ..netd import client as netd
+from ..netd import cgroups
 from ..errors import Unavailable
 from ..session import Check
 
@@ -77,7 +78,7 @@ def _status(settings: Any) -> dict[str, Any]:
 def prepare(settings: Any, view: Any) -> Plan:
     """Check the helper's rule holds now; Unavailable (fail closed) when it does not."""
     status = _status(settings)
-    extra = list(getattr(view.network, "extra", ()) or ())
+    extra = list(view.network.extra)
     return Plan(status, [str(e) for e in extra], settings)
 
 
@@ -127,7 +128,7 @@ def attach(plan: Plan, dom: Any, name: str) -> Attachment:
 
 def _nft_call(status: dict[str, Any], func: str, *args: Any) -> None:
     """Call posture.nft.`func`(*args) inside the helper's network namespace (its table lives there)."""
-    code = f"import json,sys; from posture import nft; nft.{func}(*json.loads(sys.argv[1]))"
+    code = f"import json,sys; from posture.netd import nft; nft.{func}(*json.loads(sys.argv[1]))"
     argv = [sys.executable, "-c", code, json.dumps(list(args))]
     if status.get("pid") and os.stat(f"/proc/{status['pid']}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino:
         argv = ["nsenter", f"--net=/proc/{status['pid']}/ns/net", *argv]

@@ -296,22 +296,14 @@ def serve(view: View, run_dir: Path, socket_group: int | None, network: bool, ag
         proc.kill()
         proc.wait()
         detail = (run_dir / "stage.log").read_text(errors="replace").strip().splitlines()
+        from ..session import release_placeholders
+
         release_placeholders(registry, view.session)
         raise Unavailable(f"staging the view for virtio-fs failed: {detail[-1] if detail else 'no output'}", fix=f"see {run_dir}/stage.log and virtiofsd-*.log")
     for s in sockets.values():
         if socket_group is not None:
             os.chmod(s, 0o660)
     return Served(proc, sockets, held, registry)
-
-
-def release_placeholders(registry: str, session: str) -> None:
-    """Drop `session`'s hold on its placeholders; remove those no live session holds."""
-    from ..session import SessionStore
-
-    def live() -> set[str]:
-        return {r.id for r in SessionStore().live(None) if r.id != session}
-
-    placeholders.release(registry, session, live)
 
 
 def stop(proc: subprocess.Popen | None, pid: int | None = None) -> None:

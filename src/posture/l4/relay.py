@@ -45,7 +45,7 @@ def remote_service(service: str, bare: str, git_protocol: str = "") -> str:
     git = " ".join(shlex.quote(w) for w in REMOTE_GIT)
     init = ""
     if service == "git-receive-pack":
-        init = f'test -d "$0" || git init --quiet --bare "$0" >/dev/null 2>&1 || exit 1; '
+        init = 'test -d "$0" || git init --quiet --bare "$0" >/dev/null 2>&1 || exit 1; '
     script = f'{init}exec {git} {sub} "$0"'
     return remote_command(["/bin/sh", "-c", script, bare], env, None)
 

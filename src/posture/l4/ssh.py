@@ -47,7 +47,7 @@ class Target:
 
 def settings_l4(settings: Any) -> dict[str, Any]:
     """The `[l4]` table of the user's config ({} when absent)."""
-    return dict((getattr(settings, "backend", None) or {}).get("l4") or {})
+    return dict(settings.backend.get("l4") or {})
 
 
 def require(l4: dict[str, Any], key: str) -> Any:

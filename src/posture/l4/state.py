@@ -42,7 +42,7 @@ def _credential(rel: str, credentials: list[str]) -> bool:
 
 def carried(view: Any, credentials: list[str]) -> list[tuple[str, str]]:
     """(local path, home-relative name) of every state file to send; credential files left out."""
-    if view is None or not getattr(view, "state_dir", ""):
+    if view is None or not view.state_dir:
         return []
     state = os.path.realpath(view.state_dir)
     out: list[tuple[str, str]] = []

@@ -22,7 +22,6 @@ Protocol: one JSON object per line each way over a unix socket (mode 0666).
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import ipaddress
 import json
@@ -40,69 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SOCKET = "/run/posture/netd.sock"
 DEFAULT_BASE = "posture"
 DEFAULT_TABLE = "posture"
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NS_GET_USERNS = 0xB701
 NS_GET_OWNER_UID = 0xB704
-UNIT_PATH = Path("/etc/systemd/system/posture-netd.service")
-PROTOCOL = 1
 
 
-# ====================================================================== client
+from .client import DEFAULT_SOCKET, PROTOCOL, NetdError, request  # noqa: F401
 
-class NetdError(Exception):
-    """The helper answered with an error (`code`: unverified, denied, failed, busy)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(message)
-
-
-def socket_path(settings: Any = None) -> str:
-    """Where the helper listens: user config `[l2] netd_socket`, env POSTURE_NETD_SOCKET, or the default."""
-    configured = None
-    if settings is not None:
-        configured = (getattr(settings, "backend", {}) or {}).get("l2", {}).get("netd_socket")
-    return configured or os.environ.get("POSTURE_NETD_SOCKET") or DEFAULT_SOCKET
-
-
-def request(path: str, obj: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
-    """Send one request, return the answer; raise OSError if unreachable, NetdError on refusal."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-        sock.sendall(json.dumps(obj).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        sock.close()
-    if not buf:
-        raise OSError(errno.ECONNRESET, "the network helper closed the connection")
-    answer = json.loads(buf)
-    if not answer.get("ok"):
-        raise NetdError(answer.get("code", "failed"), answer.get("error", "the network helper refused"))
-    return answer
-
-
-def notify(path: str, obj: dict[str, Any]) -> None:
-    """Send one request without waiting for the answer (the helper acts on it all the same)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(2.0)
-    try:
-        sock.connect(path)
-        sock.sendall(json.dumps(obj).encode() + b"\n")
-    finally:
-        sock.close()
-
-
-# ====================================================================== server
 
 def _log(msg: str) -> None:
     print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
@@ -199,7 +144,8 @@ class Daemon:
     """The helper's state: its cgroups, its table and the attached sandboxes."""
 
     def __init__(self, sock_path: str, base: str | None, table: str, ipv6: bool) -> None:
-        from . import cgroups, netpolicy
+        from .. import netpolicy
+        from . import cgroups
 
         self.cg = cgroups
         self.sock_path = sock_path
@@ -668,112 +614,3 @@ def serve(sock_path: str = DEFAULT_SOCKET, base: str | None = None, table: str =
     if os.geteuid() != 0:
         raise PermissionError("posture netd must run as root (it loads nftables rules and starts slirp4netns)")
     Daemon(sock_path, base, table, ipv6).serve(pidfile)
-
-
-# ====================================================================== setup / teardown
-
-def _status(path: str) -> dict[str, Any] | None:
-    try:
-        return request(path, {"op": "status"}, timeout=5)
-    except (OSError, ValueError, NetdError):
-        return None
-
-
-def _systemd() -> bool:
-    return Path("/run/systemd/system").is_dir()
-
-
-def _unit(sock_path: str) -> str:
-    return (
-        "[Unit]\nDescription=posture network helper (L2 sandbox networking)\nAfter=network.target\n\n"
-        "[Service]\n"
-        f"ExecStart={sys.executable} -m posture.netd --socket {sock_path}\n"
-        "Delegate=yes\nRestart=on-failure\n\n"
-        "[Install]\nWantedBy=multi-user.target\n"
-    )
-
-
-def start(sock_path: str, base: str | None = None, table: str = DEFAULT_TABLE, timeout: float = 10.0) -> list[str]:
-    """Make sure a verified helper serves `sock_path` (idempotent); return what was done."""
-    done: list[str] = []
-    current = _status(sock_path)
-    if current and current.get("verified"):
-        return [f"network helper already running (pid {current['pid']}, {current['detail']})"]
-    if current:
-        done += stop(sock_path)
-        done.append(f"restarted the network helper: {current.get('detail')}")
-    if _systemd():
-        UNIT_PATH.write_text(_unit(sock_path))
-        subprocess.run(["systemctl", "daemon-reload"], check=True)
-        subprocess.run(["systemctl", "enable", "--now", UNIT_PATH.name], check=True)
-        subprocess.run(["systemctl", "restart", UNIT_PATH.name], check=True)
-        done.append(f"installed and started {UNIT_PATH}")
-    else:
-        rundir = Path(sock_path).parent
-        rundir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        log = open(rundir / "netd.log", "ab")
-        argv = [sys.executable, "-m", "posture.netd", "--socket", sock_path, "--table", table, "--pidfile", str(rundir / "netd.pid")]
-        if base:
-            argv += ["--cgroup", base]
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
-        log.close()
-        done.append(f"started the network helper as a daemon (log {rundir / 'netd.log'})")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = _status(sock_path)
-        if current and current.get("verified"):
-            done.append(f"network helper on {sock_path}: {current['detail']}")
-            return done
-        time.sleep(0.05)
-    raise RuntimeError(f"the network helper did not come up on {sock_path} (see {Path(sock_path).parent / 'netd.log'})")
-
-
-def stop(sock_path: str, timeout: float = 10.0) -> list[str]:
-    """Stop the helper serving `sock_path` and remove the systemd unit if posture installed one."""
-    done: list[str] = []
-    if _systemd() and UNIT_PATH.exists():
-        subprocess.run(["systemctl", "disable", "--now", UNIT_PATH.name], check=False)
-        UNIT_PATH.unlink()
-        subprocess.run(["systemctl", "daemon-reload"], check=False)
-        done.append(f"removed {UNIT_PATH}")
-    current = _status(sock_path)
-    if current:
-        pid = int(current["pid"])
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        break
-            except OSError:
-                break
-            time.sleep(0.02)
-        done.append(f"stopped the network helper (pid {pid})")
-    return done
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m posture.netd`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="posture netd", description="posture's root network helper for L2")
-    parser.add_argument("--socket", default=DEFAULT_SOCKET)
-    parser.add_argument("--cgroup", default=None, help="cgroup (relative to the v2 root) the helper owns")
-    parser.add_argument("--table", default=DEFAULT_TABLE)
-    parser.add_argument("--no-ipv6", action="store_true")
-    parser.add_argument("--pidfile", default=None)
-    args = parser.parse_args(argv)
-    try:
-        serve(args.socket, args.cgroup, args.table, not args.no_ipv6, args.pidfile)
-    except (PermissionError, RuntimeError) as exc:
-        print(f"posture netd: {exc}", file=sys.stderr)
-        return 77 if isinstance(exc, PermissionError) else 69
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
