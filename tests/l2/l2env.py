@@ -27,13 +27,14 @@ import pytest
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
+from support import posture_bin  # noqa: E402
 from testnet import TestNet, testnet  # noqa: E402
 
 from posture.netd import cgroups  # noqa: E402
 from posture.netd import client as netd  # noqa: E402
 
 USER = "posture-test"
-POSTURE = os.environ.get("POSTURE_BIN", "/usr/local/bin/posture")
+POSTURE = os.environ.get("POSTURE_BIN") or posture_bin()
 CREDS = [".ssh/id_ed25519", ".ssh/id_rsa", ".gnupg/private-keys-v1.d/key.key", ".aws/credentials", ".config/gh/hosts.yml",
          ".kube/config", ".netrc", ".docker/config.json", ".password-store/bank.gpg", ".config/tailscale/state"]
 

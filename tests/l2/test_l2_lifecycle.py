@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from l2env import L2, start_netd, stop_netd
+from l2env import L2, POSTURE, start_netd, stop_netd
 from testnet import PORT, PUBLIC, in_ns
 
 from posture.netd import cgroups
@@ -44,7 +44,7 @@ def test_no_process_survives_the_session(l2: L2) -> None:
     cmd = f"exec >/dev/null 2>&1; sleep 4242 & setsid sleep 4242 & (trap '' HUP TERM; sleep 4242) & touch {marker}; sleep 3"
     proc = subprocess.Popen(
         ["runuser", "-u", "posture-test", "--", "env", "-i", *[f"{k}={v}" for k, v in l2.env().items()],
-         "/usr/local/bin/posture", "exec", str(project), "--level", "l2", "--profile", "shell", "--", "sh", "-c", cmd],
+         POSTURE, "exec", str(project), "--level", "l2", "--profile", "shell", "--", "sh", "-c", cmd],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 30
@@ -189,7 +189,7 @@ def test_detached_session_exec_freeze_and_down(l2: L2) -> None:
             f"s = runner.reopen(SessionStore().get({sid!r})); s.freeze(); print(open({str(events)!r}).read()); "
             f"s.thaw(); print(open({str(events)!r}).read())"
         )
-        venv_python = str(Path(os.path.realpath("/usr/local/bin/posture")).parent / "python")
+        venv_python = str(Path(os.path.realpath(POSTURE)).parent / "python")
         r = subprocess.run(["runuser", "-u", "posture-test", "--", "env", "-i", *[f"{k}={v}" for k, v in l2.env().items()],
                             venv_python, "-c", snippet], capture_output=True, text=True, cwd=str(project))
         assert r.returncode == 0, r.stderr
@@ -234,7 +234,7 @@ def test_setup_and_remove_in_a_network_namespace(l2: L2, tmp_path: Path) -> None
     sock = str(rundir / "netd.sock")
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp_path), "POSTURE_NETD_SOCKET": sock,
            "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    setup = ["ip", "netns", "exec", l2.net.gw, "/usr/local/bin/posture", "setup"]
+    setup = ["ip", "netns", "exec", l2.net.gw, POSTURE, "setup"]
     try:
         r = subprocess.run(setup, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
