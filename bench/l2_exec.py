@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-POSTURE = "/usr/local/bin/posture" if os.access("/usr/local/bin/posture", os.X_OK) else (shutil.which("posture") or "posture")
+POSTURE = os.environ.get("POSTURE_BIN") or ("/usr/local/bin/posture" if os.access("/usr/local/bin/posture", os.X_OK) else (shutil.which("posture") or "posture"))
 
 # Printed as the user: the bwrap command line posture would use for this project, minus the
 # parts only posture needs (seccomp fd, info fd, the agent), running /bin/true instead.

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT / "tests", ROOT / "tests" / "l3", ROOT / "tests" / "l2"):
     sys.path.insert(0, str(p))
 
-POSTURE = "/usr/local/bin/posture" if os.access("/usr/local/bin/posture", os.X_OK) else (shutil.which("posture") or "posture")
+POSTURE = os.environ.get("POSTURE_BIN") or ("/usr/local/bin/posture" if os.access("/usr/local/bin/posture", os.X_OK) else (shutil.which("posture") or "posture"))
 MARK = "posture-bench-mark"
 
 

@@ -36,7 +36,7 @@ from testnet import TestNet, testnet  # noqa: E402
 from posture.netd import cgroups  # noqa: E402
 from posture.netd import client as netd  # noqa: E402
 
-POSTURE = os.environ.get("POSTURE_BIN", "/usr/local/bin/posture")
+POSTURE = os.environ.get("POSTURE_BIN") or str(Path(sys.executable).parent / "posture")
 REAL_DATA = Path(os.environ.get("XDG_DATA_HOME") or "/root/.local/share")  # the fetched kernel stays between runs
 CREDS = [".ssh/id_ed25519", ".aws/credentials", ".config/gh/hosts.yml", ".netrc", ".kube/config", ".docker/config.json"]
 GW_LOOPBACK_PORT = 18080
