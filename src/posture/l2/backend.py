@@ -84,8 +84,9 @@ class BwrapBackend(Backend):
 
     def setup(self, settings: Any, options: dict[str, Any]) -> list[str]:
         """Start (or install as a systemd unit) the network helper in this network namespace."""
-        from ..netd import client as netd
         from ..errors import Refused, Unavailable
+        from ..netd import client as netd
+        from ..netd import service
 
         if os.geteuid() != 0:
             raise Refused("posture setup must run as root (the network helper loads nftables rules)", fix="sudo posture setup")
@@ -93,18 +94,19 @@ class BwrapBackend(Backend):
             if which(tool) is None:
                 raise Unavailable(f"{tool} is not installed", fix="apt-get install nftables slirp4netns bubblewrap")
         try:
-            return netd.start(netd.socket_path(settings))
+            return service.start(netd.socket_path(settings))
         except (RuntimeError, OSError) as exc:
             raise Unavailable(f"the network helper did not start: {exc}", fix="see the log next to the socket; `posture doctor`") from None
 
     def teardown(self, settings: Any, purge: bool = False) -> list[str]:
         """Stop the network helper (and remove its systemd unit)."""
-        from ..netd import client as netd
         from ..errors import Refused
+        from ..netd import client as netd
+        from ..netd import service
 
         if os.geteuid() != 0:
             raise Refused("posture setup --remove must run as root", fix="sudo posture setup --remove")
-        return netd.stop(netd.socket_path(settings))
+        return service.stop(netd.socket_path(settings))
 
     def session(self, record: SessionRecord, settings: Any) -> Session:
         """A session for `record` (new, or re-opened by a later command)."""
@@ -135,4 +137,6 @@ def add_commands(app: Any) -> None:
             argv.append("--no-ipv6")
         if pidfile:
             argv += ["--pidfile", pidfile]
-        return netd.main(argv)
+        from ..netd.__main__ import main
+
+        return main(argv)
