@@ -10,8 +10,8 @@ try:
     from _sha256 import sha256
 except ImportError:  # Python >= 3.12 names it _sha2; any other build has hashlib
     try:
-        from _sha2 import sha256  # type: ignore[no-redef]
+        from _sha2 import sha256
     except ImportError:
-        from hashlib import sha256  # type: ignore[no-redef]
+        from hashlib import sha256
 
 __all__ = ["sha256"]

@@ -96,7 +96,7 @@ def common_dir(project: Path) -> Path | None:
 
 @functools.lru_cache(maxsize=64)
 def _common_dir(project: str) -> Path | None:
-    proc = git(project, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
+    proc = git(Path(project), "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)
     if proc.returncode != 0:
         return None
     return Path(proc.stdout.decode().strip()).resolve()
@@ -110,7 +110,7 @@ def git_dir(project: Path) -> Path | None:
 
 @functools.lru_cache(maxsize=64)
 def _git_dir(project: str) -> Path | None:
-    proc = git(project, "rev-parse", "--path-format=absolute", "--git-dir", check=False)
+    proc = git(Path(project), "rev-parse", "--path-format=absolute", "--git-dir", check=False)
     if proc.returncode != 0:
         return None
     return Path(proc.stdout.decode().strip()).resolve()

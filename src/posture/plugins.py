@@ -127,7 +127,7 @@ def rules() -> list:
 
 def backends() -> list:
     """Every registered backend."""
-    found = []
+    found: list[Any] = []
     for batch in manager().hook.posture_backends():
         found.extend(batch or [])
     return found

@@ -261,7 +261,7 @@ class Session(abc.ABC):
         """Bring the session's work back for review; a local level answers that it is already here."""
         return PullResult(session=self.record.id, here=True)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most sessions hold no connection: nothing to close
         """Drop connections this process holds to the session (the session itself keeps running)."""
 
     def describe(self) -> dict[str, Any]:

@@ -122,7 +122,6 @@ def test_two_commands_at_once(agent: Path, tmp_path: Path) -> None:
 
 
 def test_exec_failures_are_reported(agent: Path, tmp_path: Path) -> None:
-    out, err = tmp_path / "out", tmp_path / "err"
     script = "import sys; from posture import channel; sys.exit(channel.run(channel.connect_unix(sys.argv[1]), sys.argv[3:], env={'PATH': '/usr/bin:/bin'}, cwd=sys.argv[2], tty=False))"
     missing = subprocess.run([sys.executable, "-c", script, str(agent), "/", "no-such-command-anywhere"], capture_output=True, text=True)
     assert missing.returncode == 127 and "no-such-command-anywhere" in missing.stderr, missing.stderr

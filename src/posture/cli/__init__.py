@@ -15,8 +15,8 @@ from . import host, policy, sessions  # noqa: F401 - they register their command
 from .app import PASSTHROUGH, app
 
 # typer vendors its own click in recent releases: find its exception classes through typer's public ones.
-_CLICK_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_CLICK_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_CLICK_EXCEPTION: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def _version(value: bool) -> None:
@@ -43,15 +43,16 @@ def _run_click(args: list[str]) -> int:
     try:
         result = command.main(args=args, prog_name="posture", standalone_mode=False)
     except _CLICK_USAGE_ERROR as exc:
+        message = exc.format_message()  # type: ignore[attr-defined]
         if type(exc).__name__ == "NoArgsIsHelpError":
-            report.say(exc.format_message())
+            report.say(message)
         else:
-            ctx = exc.ctx
+            ctx = exc.ctx  # type: ignore[attr-defined]
             where = f" (see `{ctx.command_path} --help`)" if ctx else ""
-            report.say(f"posture: {exc.format_message()}{where}")
+            report.say(f"posture: {message}{where}")
         return EX_USAGE
     except _CLICK_EXCEPTION as exc:
-        report.say(f"posture: {exc.format_message()}")
+        report.say(f"posture: {exc.format_message()}")  # type: ignore[attr-defined]
         return EX_USAGE
     except Exception as exc:
         if type(exc).__name__ == "Exit":

@@ -88,8 +88,7 @@ def down(
         for record in runner.down_all():
             err(f"posture: stopped {record.id}")
         return 0
-    record = runner.live_record(session) if not session else None
-    target = session or (record.id if record else "")
+    target = session or runner.live_record(None).id
     runner.down(target)
     err(f"posture: stopped {target}")
     return 0

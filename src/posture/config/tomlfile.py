@@ -58,9 +58,9 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         m = re.search(r"\(at line (\d+), column \d+\)", msg)
-        line = int(m.group(1)) if m else None
+        lineno = int(m.group(1)) if m else None
         what = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", msg)
-        raise ConfigError(path, line, "", f"invalid TOML: {what} (expected a valid TOML document)") from None
+        raise ConfigError(path, lineno, "", f"invalid TOML: {what} (expected a valid TOML document)") from None
     _parsed_store(text, data)
     return data, text
 

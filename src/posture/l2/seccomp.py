@@ -76,7 +76,7 @@ class _Asm:
     def assemble(self) -> bytes:
         out = b""
         for pc, (code, jt, jf, k) in enumerate(self.code):
-            def rel(target: object) -> int:
+            def rel(target: object, pc: int = pc) -> int:
                 if isinstance(target, int):
                     return target
                 dist = self.labels[str(target)] - pc - 1

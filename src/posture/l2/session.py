@@ -212,7 +212,7 @@ class BwrapSession(Session):
         from ..netd import cgroups
 
         box = self.data.get("box")
-        return bool(box) and cgroups.populated(box)
+        return bool(box) and cgroups.populated(str(box))
 
     # -------------------------------------------------------------- stop / freeze
     def stop(self) -> None:

@@ -270,7 +270,7 @@ def run_interactive(client, command: str, tty: bool, forward_stdin: bool = True)
         cols, rows = _term_size()
         chan.get_pty(term=os.environ.get("TERM") or "xterm-256color", width=cols, height=rows)
     chan.exec_command(command)
-    relayed: dict[int, Any] = {}
+    relayed: dict[signal.Signals, Any] = {}
     if not tty and threading.current_thread() is threading.main_thread():
 
         def forward(signo: int, _frame: object) -> None:

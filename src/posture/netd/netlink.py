@@ -73,8 +73,10 @@ def configure_ipv6(pid: int, address: str, prefix: int, gateway: str, dev: str =
     thread = threading.Thread(target=enter, daemon=True)
     thread.start()
     thread.join()
-    if not done or isinstance(done[0], BaseException):
-        raise done[0] if done else OSError(errno.EIO, "could not enter the sandbox's network namespace")
+    if not done:
+        raise OSError(errno.EIO, "could not enter the sandbox's network namespace")
+    if isinstance(done[0], BaseException):
+        raise done[0]
     sock, index = done[0]
     addr, via = socket.inet_pton(socket.AF_INET6, address), socket.inet_pton(socket.AF_INET6, gateway)
     with sock:

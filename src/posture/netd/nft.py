@@ -74,7 +74,7 @@ def run(text: str, debug: bool = False, handles: bool = False) -> str:
             _lib = _Lib()
         except (OSError, AttributeError):
             _lib = False
-    if _lib:
+    if isinstance(_lib, _Lib):
         return _lib.run(text, debug, handles)
     argv = [NFT, *(["--debug=netlink"] if debug else []), *(["-a"] if handles else []), "-f", "-"]
     proc = subprocess.run(argv, input=text, capture_output=True, text=True)

@@ -91,12 +91,13 @@ def choose_backend(level: str, settings: Settings) -> tuple[str | None, bool, st
     candidates = plugins.backends_for(level)
     if not candidates:
         return None, False, f"no backend for {level} is installed", "install posture with its backends (pip install 'posture[all]')"
-    first = None
+    first: tuple[str | None, bool, str, str] | None = None
     for backend in candidates:
         avail = backend.availability(settings)
         if avail.ok:
             return backend.name, True, "", ""
         first = first or (backend.name, False, avail.reason, avail.fix)
+    assert first is not None
     return first
 
 
