@@ -6,7 +6,7 @@ Run as root (it starts `posture netd` in a network namespace of its own, nothing
 root namespace); the three commands run as an ordinary user (default: posture-test),
 interleaved, so they share the machine's noise.
 
-    bench/l2_exec.py [--runs 20] [--user posture-test]
+    bench/l2_exec.py [--runs 20] [--user posture-test] [--baseline /path/to/other/venv/bin/posture]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--user", default="posture-test")
+    parser.add_argument("--baseline", help="another posture console script (e.g. an older release's venv) to run side by side")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/l2_exec.py: run as root (it starts the network helper in its own network namespace)")
@@ -108,6 +109,8 @@ def main() -> int:
             "raw bwrap (same view) true": [*raw_env, *raw["argv"]],
             "srt -c true": [*as_user, srt, "-c", "true"],
         }
+        if args.baseline:
+            commands["baseline posture exec -- true"] = [*as_user, args.baseline, "exec", str(project), "--level", "l2", "--profile", "shell", "--", "true"]
         times: dict[str, list[float]] = {name: [] for name in commands}
         for i in range(args.runs + 2):
             for name, argv in commands.items():
@@ -121,6 +124,9 @@ def main() -> int:
             print(f"  {name:34} {1000 * t:7.1f} ms")
         print(f"  posture / raw bwrap = {posture_t / med['raw bwrap (same view) true']:.2f}x")
         print(f"  posture / srt       = {posture_t / med['srt -c true']:.2f}x   (target <= 0.5x)")
+        if args.baseline:
+            base_t = med["baseline posture exec -- true"]
+            print(f"  posture / baseline  = {posture_t / base_t:.2f}x   ({1000 * (posture_t - base_t):+.1f} ms)")
         return 0
     finally:
         if netd is not None and netd.poll() is None:
