@@ -384,7 +384,8 @@ def pull(session_id: str | None, project: Path | None = None) -> PullResult:
         remote = {b.name for b in plugins.backends() if b.remote_work}
         mine = [r for r in store.all() if r.project == proj and r.backend in remote and r.checkpoints]
         if not mine:
-            raise UsageError(f"no session of {proj} has work elsewhere to pull", fix="name one with --session (see `posture status`)")
+            levels_ = "/".join(sorted({b.level.upper() for b in plugins.backends() if b.remote_work}))
+            raise UsageError(f"no {levels_} session of {proj} has work to pull", fix="name one with --session (see `posture status`)")
         record = mine[-1]
     session = reopen(record)
     try:
