@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import checks as c
 from ..hookspecs import hookimpl
 from . import LazyBackend
+
+
+# `[l2]` in the user's config (a repo file's is ignored): declared here, so no l2 module loads for it.
+TABLE = {"netd_socket": c.host_path}
 
 
 @hookimpl
@@ -18,8 +23,6 @@ def posture_backends() -> list[LazyBackend]:
 @hookimpl
 def posture_config_tables() -> dict[str, Any]:
     """`[l2]` in the user's config."""
-    from ..l2.config import TABLE
-
     return {"l2": TABLE}
 
 

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import checks as c
 from ..hookspecs import hookimpl
 from . import LazyBackend
+
+
+# `[l3]` in the user's config (a repo file's is ignored): declared here, so no l3 module loads for it.
+TABLE = {
+    "uri": c.string,
+    "kernel": c.host_path,
+    "modules": c.host_path,
+    "initrd": c.host_path,
+    "memory_mib": c.whole(128, 65536),
+    "cpus": c.whole(1, 64),
+    "accel": c.one_of("auto", "kvm", "tcg"),
+    "agent": c.one_of("auto", "native", "python"),
+    "boot_timeout": c.whole(5, 3600),
+}
 
 
 @hookimpl
@@ -17,8 +32,6 @@ def posture_backends() -> list[LazyBackend]:
 @hookimpl
 def posture_config_tables() -> dict[str, Any]:
     """`[l3]` in the user's config."""
-    from ..l3.config import TABLE
-
     return {"l3": TABLE}
 
 

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import checks as c
 from ..hookspecs import hookimpl
 from . import LazyBackend
+
+
+# `[l4]` in the user's config (a repo file's is ignored): declared here, so no l4 module loads for it.
+TABLE = {
+    "host": c.string,
+    "user": c.string,
+    "port": c.whole(1, 65535),
+    "identity": c.host_path,
+    "workdir": c.string,
+}
 
 
 @hookimpl
@@ -17,8 +28,6 @@ def posture_backends() -> list[LazyBackend]:
 @hookimpl
 def posture_config_tables() -> dict[str, Any]:
     """`[l4]` in the user's config."""
-    from ..l4.config import TABLE
-
     return {"l4": TABLE}
 
 
