@@ -28,8 +28,6 @@ from .policy import trust
 from .policy.decide import decide
 from .session import ESCALATED, FROZEN, LIVE, RUNNING, SessionRecord, SessionStore
 
-STEPS = ("checkpoint", "freeze", "start", "launch", "stop", "done")
-
 
 def _fault(step: str) -> None:
     """Test hook: POSTURE_FAULT_AT=<step> kills this process right before that step."""
@@ -41,7 +39,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def choose_target(record: SessionRecord, to: str | None, reason: str) -> str:
+def choose_target(record: SessionRecord, to: str | None) -> str:
     """The level to move to: `to`, or what the rules now give, at least one rung up and available here."""
     current = record.level
     if to is not None:
@@ -90,7 +88,7 @@ def escalate(session_id: str | None, to: str | None, reason: str) -> SessionReco
     if not esc:
         if record.status not in LIVE:
             raise UsageError(f"session {record.id} is {record.status}", fix="only a running session can be escalated")
-        target = choose_target(record, to, reason)
+        target = choose_target(record, to)
         esc = {"to": target, "reason": reason, "step": "checkpoint", "started": _now(), "from": record.level}
         record.data["escalation"] = esc
         _save(record)
@@ -188,7 +186,7 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
     esc["child"] = child.id  # known before its keeper starts, so an interrupted run finds it
     _save(record)
     try:
-        runner.spawn_keeper(child, req)
+        runner.spawn_keeper(child)
     except BaseException:
         try:
             runner.down(child.id)

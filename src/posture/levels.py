@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 LEVELS: tuple[str, ...] = ("l2", "l3", "l4")
-DESCRIPTIONS = {
-    "l2": "local sandbox (bubblewrap, kernel-filtered network)",
-    "l3": "local microVM (libvirt + QEMU, own kernel, virtio-fs view)",
-    "l4": "remote host over Tailscale (code goes by git, work comes back as refs)",
-}
 
 
 def is_level(name: object) -> bool:

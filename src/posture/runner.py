@@ -239,7 +239,7 @@ def exec_in(session_id: str | None, argv: list[str]) -> int:
 
 # ---------------------------------------------------------------- keeper (detached sessions)
 
-def spawn_keeper(record: SessionRecord, req: Request) -> None:
+def spawn_keeper(record: SessionRecord) -> None:
     """Start the keeper that holds `record`'s session open, and wait until it is up."""
     runtime = session_runtime_dir(record.id)
     log = open(runtime / "keeper.log", "ab")
@@ -270,7 +270,7 @@ def spawn_keeper(record: SessionRecord, req: Request) -> None:
 
 
 def keeper_main(session_id: str, ready_fd: int | None) -> int:
-    """Hold a session open until SIGTERM (run as `posture _keeper`)."""
+    """Hold a session open until SIGTERM (run as `python -m posture.keeper`)."""
     if ready_fd is not None:
         os.set_inheritable(ready_fd, False)
     stopping = False
@@ -315,7 +315,7 @@ def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecor
     announce(p, always=True)
     session = open_session(p)
     record = session.record
-    spawn_keeper(record, req)
+    spawn_keeper(record)
     record = SessionStore().get(record.id)
     session = reopen(record)
     command = argv or p.profile.command

@@ -255,20 +255,16 @@ class BwrapSession(Session):
                 pass
 
     def _freeze(self, frozen: bool) -> None:
-        import time
-
         from ..errors import Unavailable
+        from ..netd import cgroups
 
         box = self._box_dir()
         if box is None or not box.is_dir():
             raise Unavailable(f"session {self.record.id} has no cgroup to freeze", fix="see `posture status`")
-        (box / "cgroup.freeze").write_text("1" if frozen else "0")
-        want = f"frozen {1 if frozen else 0}"
-        deadline = time.monotonic() + 5
-        while want not in (box / "cgroup.events").read_text():
-            if time.monotonic() > deadline:
-                raise Unavailable(f"session {self.record.id} did not {'freeze' if frozen else 'thaw'}", fix="`posture down` it")
-            time.sleep(0.005)
+        try:
+            cgroups.freeze(str(self.data["box"]), frozen)
+        except TimeoutError:
+            raise Unavailable(f"session {self.record.id} did not {'freeze' if frozen else 'thaw'}", fix="`posture down` it") from None
 
     def freeze(self) -> None:
         """Freeze every process of the sandbox (its cgroup's cgroup.freeze)."""

@@ -72,13 +72,6 @@ def _local(project: Path) -> list[str]:
     return args
 
 
-def _git_or_unavailable(project: Path, what: str, *args: str, env: dict[str, str]) -> str:
-    try:
-        return gitutil.out(project, *_local(project), *LOCAL_TRANSPORT, *args, env=env)
-    except gitutil.GitError as exc:
-        raise Unavailable(f"{what} failed: {exc}", fix="check `posture doctor` (git on the host, disk space)") from None
-
-
 def push(client, project: Path, commit: str, ref: str, bare: str) -> None:
     """Push `commit` as `ref` into `bare` on the host (created if missing); only missing objects travel."""
     with relay(client, bare) as r:
