@@ -175,7 +175,7 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
             runner.down(previous.id)  # half-started by an interrupted run: clean it up, start afresh
         except PostureError:
             pass
-    req = runner.Request(path=Path(record.project), level=target, profile=record.profile)
+    req = runner.Request(path=Path(record.project), level=target, profile=record.profile, on_trigger=record.on_trigger)
     p = runner.plan(req)
     session = runner.open_session(p, parent=record.id)
     child = session.record

@@ -29,8 +29,9 @@ PROFILE = Option("--profile", "profile", "Agent profile: claude-code (default), 
 INTENT = Option("--intent", "intent", "Declare what the task will do: push.")
 UNTRUSTED_INPUT = Option("--untrusted-input", "untrusted_input", "The task reads content from strangers.", False, value=False)
 SESSION_EXEC = Option("--session", "session", "Run in this running session instead of a new one.")
+ON_TRIGGER = Option("--on-trigger", "on_trigger", "What a live trigger does in this session: escalate, deny or log (default: [escalation] on_trigger, else deny).")
 
-EXEC = (LEVEL, PROFILE, INTENT, UNTRUSTED_INPUT, SESSION_EXEC)
+EXEC = (LEVEL, PROFILE, INTENT, UNTRUSTED_INPUT, SESSION_EXEC, ON_TRIGGER)
 
 SESSION_ESCALATE = Option("--session", "session", "Session id (default: the only running one).")
 TO = Option("--to", "to", "l3 or l4 (default: what the rules now give, at least one rung up).")

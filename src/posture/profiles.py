@@ -25,6 +25,7 @@ _SCHEMA: config.Schema = {
     "credentials": {"files": c.list_of(c.repo_path, "home-relative paths")},
     "env": {"pass": c.ENV_PATTERNS, "secrets": c.ENV_LIST},
     "protect": {"paths": c.REPO_PATHS},
+    "triggers": {"hook": c.one_of("claude-code", "none")},
 }
 
 
@@ -46,6 +47,7 @@ class Profile:
     env_pass: list[str] = field(default_factory=list)
     env_secrets: list[str] = field(default_factory=list)
     protect: list[str] = field(default_factory=list)
+    live_hook: str = "none"  # how the agent reports its tool calls to the live triggers: claude-code, or none
 
 
 def _search_path(name: str) -> Path | None:
@@ -89,5 +91,6 @@ def _from_dict(name: str, d: dict[str, Any]) -> Profile:
         credential_files=list(d.get("credentials", {}).get("files", [])),
         env_pass=list(d.get("env", {}).get("pass", [])),
         env_secrets=list(d.get("env", {}).get("secrets", [])),
+        live_hook=d.get("triggers", {}).get("hook", "none"),
         protect=list(d.get("protect", {}).get("paths", [])),
     )

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import audit, gitutil, levels, plugins, profiles
-from .config import Settings
+from .config import ON_TRIGGER, Settings
 from .plugins import load_settings
 from .errors import Refused, Unavailable, UsageError
 from .policy.decide import Decision, decide
 from .session import (
     DEAD,
+    ESCALATED,
     FAILED,
     LIVE,
     RUNNING,
@@ -35,9 +36,11 @@ from .session import (
     pid_alive,
     session_runtime_dir,
 )
+from .triggers.live import LiveTriggers
 from .view import build_view
 
 KEEPER_READY_TIMEOUT = 600.0
+ESCALATION_WAIT = 180.0  # how long an attached terminal waits for a move up in progress
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Request:
     profile: str | None = None
     intent_push: bool = False
     untrusted_input: bool = False
+    on_trigger: str | None = None
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Plan:
     settings: Settings
     decision: Decision
     profile: profiles.Profile
+    on_trigger: str | None = None
 
 
 def parse_level(level: str) -> str | None:
@@ -75,6 +80,8 @@ def plan(req: Request) -> Plan:
     project = gitutil.resolve_project(req.path)
     settings = load_settings(project)
     requested = parse_level(req.level)
+    if req.on_trigger is not None and req.on_trigger not in ON_TRIGGER:
+        raise UsageError(f"--on-trigger {req.on_trigger!r} is not known", fix=f"use one of {', '.join(ON_TRIGGER)}")
     profile = profiles.load(req.profile or settings.profile)
     decision = decide(
         project,
@@ -102,7 +109,7 @@ def plan(req: Request) -> Plan:
             f"{decision.level} is needed ({decision.why()}) but {name} cannot run here: {decision.backend_reason}",
             fix=decision.backend_fix or f"configure a {decision.level} backend (see `posture doctor`)",
         )
-    return Plan(project, settings, decision, profile)
+    return Plan(project, settings, decision, profile, req.on_trigger)
 
 
 def announce(p: Plan, always: bool) -> None:
@@ -126,16 +133,23 @@ def open_session(p: Plan, parent: str | None = None) -> Session:
         backend=backend.name,
         profile=p.profile.name,
         parent=parent,
+        on_trigger=p.on_trigger,
     )
     SessionStore().save(record)
     return backend.session(record, p.settings)
 
 
-def start_spec(record: SessionRecord, settings: Settings, profile: profiles.Profile | None = None) -> StartSpec:
-    """What `record`'s session starts from: its view, and the checkpoint and agent an escalation asked for."""
-    prof = profile or profiles.load(record.profile)
-    view = build_view(Path(record.project), prof, settings, record.id, record.level)
+def start_spec(record: SessionRecord, settings: Settings, profile: profiles.Profile, live: LiveTriggers | None = None) -> StartSpec:
+    """What `record`'s session starts from: its view (armed for live triggers), and the checkpoint and
+    agent an escalation asked for."""
+    view = build_view(Path(record.project), profile, settings, record.id, record.level)
+    if live is not None:
+        live.arm(view)
     return StartSpec(view=view, checkpoint=record.start_from, launch=record.launch)
+
+
+def _watch(live: LiveTriggers, spec: StartSpec) -> None:
+    live.watch(Path(spec.view.state_dir) / "home" if spec.view is not None and spec.view.state_dir else None)
 
 
 def reopen(record: SessionRecord) -> Session:
@@ -201,11 +215,17 @@ def exec_fresh(req: Request, argv: list[str]) -> int:
     p = plan(req)
     announce(p, always=bool(p.decision.override))
     session = open_session(p)
-    _start(session, start_spec(session.record, p.settings, p.profile))
+    live = LiveTriggers(session.record, p.settings, p.profile, kept=False)
     try:
-        return session.exec(argv, tty=os.isatty(0) and os.isatty(1))
+        spec = start_spec(session.record, p.settings, p.profile, live)
+        _start(session, spec)
+        _watch(live, spec)
+        try:
+            return session.exec(argv, tty=os.isatty(0) and os.isatty(1))
+        finally:
+            _stop(session)
     finally:
-        _stop(session)
+        live.close()
 
 
 def exec_command(
@@ -216,6 +236,7 @@ def exec_command(
     untrusted_input: bool,
     session: str | None,
     argv: list[str],
+    on_trigger: str | None = None,
 ) -> int:
     """`posture exec`, shared by the CLI and its fast path: validate, then run fresh or in a session."""
     if not argv:
@@ -223,10 +244,10 @@ def exec_command(
     if intent not in (None, "push"):
         raise UsageError(f"--intent {intent!r} is not known", fix="use --intent push")
     if session:
-        if path is not None or level != "auto" or profile or intent or untrusted_input:
-            raise UsageError("--session cannot be combined with PATH, --level, --profile, --intent or --untrusted-input", fix="drop them, or drop --session")
+        if path is not None or level != "auto" or profile or intent or untrusted_input or on_trigger:
+            raise UsageError("--session cannot be combined with PATH, --level, --profile, --intent, --untrusted-input or --on-trigger", fix="drop them, or drop --session")
         return exec_in(session, argv)
-    req = Request(path=path, level=level, profile=profile, intent_push=intent == "push", untrusted_input=untrusted_input)
+    req = Request(path=path, level=level, profile=profile, intent_push=intent == "push", untrusted_input=untrusted_input, on_trigger=on_trigger)
     return exec_fresh(req, argv)
 
 
@@ -293,7 +314,11 @@ def keeper_main(session_id: str, ready_fd: int | None) -> int:
         settings = _settings_for(record)
         session = plugins.backend_named(record.backend).session(record, settings)
         session.record.keeper_pid = os.getpid()
-        _start(session, start_spec(record, settings))
+        profile = profiles.load(record.profile)
+        live = LiveTriggers(record, settings, profile, kept=True)
+        spec = start_spec(record, settings, profile, live)
+        _start(session, spec)
+        _watch(live, spec)
     except BaseException as exc:  # noqa: BLE001 - reported to the waiting CLI
         if ready_fd is not None:
             os.write(ready_fd, f"error: {exc}".encode())
@@ -301,11 +326,14 @@ def keeper_main(session_id: str, ready_fd: int | None) -> int:
     if ready_fd is not None:
         os.write(ready_fd, b"ok")
         os.close(ready_fd)
-    while not stopping:
-        select.select([wake_r], [], [], 0.2)
-        if not stopping and not session.alive():
-            break
-    _stop(session)
+    try:
+        while not stopping:
+            select.select([wake_r], [], [], 0.2)
+            if not stopping and not session.alive():
+                break
+        _stop(session)
+    finally:
+        live.close()
     return 0
 
 
@@ -324,20 +352,45 @@ def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecor
     audit.record("agent.launch", session=record.id, argv=command)
     if detach:
         return record, 0
-    code = session.attach()
-    if not session.agent_running():
-        down(record.id)
-    return SessionStore().get(record.id), code
+    session, code = _attach_following(session)
+    return SessionStore().get(session.record.id), code
 
 
 def attach(session_id: str | None) -> int:
     """`posture attach`: connect the terminal to a session's agent."""
     record = live_record(session_id)
-    session = reopen(record)
-    code = session.attach()
-    if not session.agent_running():
-        down(record.id)
+    _, code = _attach_following(reopen(record))
     return code
+
+
+def _escalated_to(session_id: str, wait: float = ESCALATION_WAIT) -> SessionRecord | None:
+    """The session `session_id` moved to, waiting for a move in progress to finish; None if it did not move."""
+    store = SessionStore()
+    deadline = time.monotonic() + wait
+    while True:
+        record = store.get(session_id)
+        esc = record.data.get("escalation") or {}
+        if record.status == ESCALATED and esc.get("child"):
+            return store.get(esc["child"])
+        if not esc or record.status not in LIVE or time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
+def _attach_following(session: Session) -> tuple[Session, int]:
+    """Attach the terminal to the session's agent; when the session moved up meanwhile (a live trigger,
+    or `posture escalate` from elsewhere), follow it to the higher one. The session whose agent is gone
+    when the user comes back is stopped."""
+    while True:
+        code = session.attach()
+        child = _escalated_to(session.record.id)
+        if child is None:
+            break
+        print(f"posture: session {session.record.id} moved to {child.id} at {child.level}; attaching there", file=sys.stderr, flush=True)
+        session = reopen(child)
+    if not session.agent_running():
+        down(session.record.id)
+    return session, code
 
 
 def down(session_id: str) -> SessionRecord:

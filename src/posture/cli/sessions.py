@@ -19,12 +19,14 @@ def up(
     profile: Optional[str] = option(options.PROFILE),
     intent: Optional[str] = option(options.INTENT),
     untrusted_input: bool = option(options.UNTRUSTED_INPUT),
+    on_trigger: Optional[str] = option(options.ON_TRIGGER),
     detach: bool = typer.Option(False, "--detach", help="Leave the agent running; come back with `posture attach`."),
 ) -> int:
     """Start the agent in a new session at the decided level and attach to it (-- CMD overrides the profile's command)."""
     from .. import runner
 
     req = request(path, level, profile, intent, untrusted_input)
+    req.on_trigger = on_trigger
     record, code = runner.up(req, list(PASSTHROUGH) or None, detach)
     if detach:
         out(record.id)
@@ -40,11 +42,12 @@ def exec_(
     intent: Optional[str] = option(options.INTENT),
     untrusted_input: bool = option(options.UNTRUSTED_INPUT),
     session: Optional[str] = option(options.SESSION_EXEC),
+    on_trigger: Optional[str] = option(options.ON_TRIGGER),
 ) -> int:
     """Run -- CMD non-interactively in a fresh session (or --session ID), stream its output, exit with its code."""
     from .. import runner
 
-    return runner.exec_command(path, level, profile, intent, untrusted_input, session, list(PASSTHROUGH))
+    return runner.exec_command(path, level, profile, intent, untrusted_input, session, list(PASSTHROUGH), on_trigger)
 
 
 @app.command()

@@ -20,6 +20,8 @@ REPO_FILE = ".posture.toml"
 RULE_NAMES_BUILTIN = ("untrusted_repo", "unfamiliar_mcp", "push_intent", "untrusted_input")
 
 Schema = dict[str, Any]  # key -> checker, or key -> nested Schema for a table
+# What a live trigger does, from the loosest to the strictest (a repo file may only move right).
+ON_TRIGGER = ("log", "escalate", "deny")
 
 CORE_USER_SCHEMA: Schema = {
     "floor": c.level,
@@ -30,6 +32,8 @@ CORE_USER_SCHEMA: Schema = {
     "mounts": {"ro": c.HOST_PATHS, "rw": c.HOST_PATHS},
     "deny": {"paths": c.REPO_PATHS},
     "network": {"block": c.CIDR_LIST},
+    "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
+    "triggers": {"trusted_hosts": c.STR_LIST},
 }
 
 # What a repo file may say; everything here only tightens.
@@ -39,6 +43,7 @@ CORE_REPO_SCHEMA: Schema = {
     "env": {"drop": c.ENV_LIST},
     "deny": {"paths": c.REPO_PATHS},
     "network": {"block": c.CIDR_LIST},
+    "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
 }
 
 # Keys a repo file may not set because they loosen; recognised so they are reported, not guessed at.
@@ -49,6 +54,7 @@ REPO_IGNORED = {
     "env.pass": "passing environment variables loosens; only the user's config may",
     "mounts": "extra mounts loosen; only the user's config may",
     "network.allow": "network exceptions loosen; only the user's config may",
+    "triggers": "trusting hosts loosens the live triggers; only the user's config may",
 }
 BACKEND_TABLE_IGNORED = "backend settings come from the user's config only"
 
@@ -144,6 +150,8 @@ class Settings:
     mounts_rw: list[str] = field(default_factory=list)
     deny_paths: list[str] = field(default_factory=list)
     network_block: list[str] = field(default_factory=list)
+    on_trigger: str = "deny"  # what a live trigger does: escalate, deny or log
+    trusted_hosts: list[str] = field(default_factory=list)  # globs: WebFetch of these fires no trigger
     intent_push: bool = False
     intent_untrusted_input: bool = False
     backend: dict[str, dict[str, Any]] = field(default_factory=dict)  # each backend's own table, by name
@@ -182,6 +190,8 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     s.mounts_rw = list(user.get("mounts", {}).get("rw", []))
     s.deny_paths = list(user.get("deny", {}).get("paths", []))
     s.network_block = list(user.get("network", {}).get("block", []))
+    s.on_trigger = user.get("escalation", {}).get("on_trigger", "deny")
+    s.trusted_hosts = list(user.get("triggers", {}).get("trusted_hosts", []))
     s.backend = {name: dict(user.get(name, {})) for name in tables}
     s.repo_file = str(repo_path) if repo_path else None
     s.repo_ignored = list(repo_ignored)
@@ -214,6 +224,12 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     if deny:
         s.deny_paths = _union(s.deny_paths, deny)
         asked.append(f"deny.paths = {deny}")
+    repo_on = repo.get("escalation", {}).get("on_trigger")
+    if repo_on and ON_TRIGGER.index(repo_on) > ON_TRIGGER.index(s.on_trigger):
+        s.on_trigger = repo_on
+        asked.append(f"escalation.on_trigger = {repo_on}")
+    elif repo_on and repo_on != s.on_trigger:
+        s.repo_ignored.append(("escalation.on_trigger", f"{repo_on} is looser than the user's {s.on_trigger}; a repo may only move toward deny"))
     block = repo.get("network", {}).get("block", [])
     if block:
         s.network_block = _union(s.network_block, block)
