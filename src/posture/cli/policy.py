@@ -12,7 +12,7 @@ from ..errors import UsageError
 from .app import PathArg, app, emit_json, err, mcp_app, out, request
 
 
-def _render_decision(d, env_report: dict[str, Any] | None) -> None:
+def _render_decision(d, env_report: dict[str, Any] | None, live: dict[str, Any] | None = None) -> None:
     out(f"project: {d.project}")
     out(f"floor:   {d.floor} ({d.floor_from})")
     if d.ratchet:
@@ -33,6 +33,11 @@ def _render_decision(d, env_report: dict[str, Any] | None) -> None:
         for name, why in env_report["refused"].items():
             out(f"  env refused: {name}: {why}")
     out(f"level:   {d.why()}")
+    if live is not None:
+        calls = live["tool_calls"]
+        seen = f"tool calls via {calls['how']} at {', '.join(calls['levels'])}" if calls["hook"] else "no tool calls (this agent has no hook)"
+        out(f"live triggers: on_trigger = {live['on_trigger']}; {seen}; watched: {', '.join(live['watched'])}")
+        out(f"  not seen: {live['not_seen']}")
     state = "available" if d.backend_available else f"UNAVAILABLE: {d.backend_reason}" + (f" (fix: {d.backend_fix})" if d.backend_fix else "")
     out(f"backend: {d.backend or 'none'} ({state})")
 
@@ -57,10 +62,13 @@ def explain(
     d = decide(project, settings, intent_push=req.intent_push, untrusted_input=req.untrusted_input)
     env = envpolicy.build_env(dict(os.environ), [*prof.env_pass, *prof.env_secrets, *settings.env_pass], settings.env_drop, {})
     env_report = {"profile": prof.name, "passed": env.masked(), "refused": env.refused}
+    from ..triggers import arm
+
+    live = arm.explain(prof, settings.on_trigger, settings.trusted_hosts)
     if as_json:
-        emit_json({**d.to_json(), "env": env_report})
+        emit_json({**d.to_json(), "env": env_report, "triggers": live})
     else:
-        _render_decision(d, env_report)
+        _render_decision(d, env_report, live)
     return 0
 
 

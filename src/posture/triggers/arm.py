@@ -64,3 +64,16 @@ def arm(view: View, profile: Profile, report_socket: Path) -> bool:
     for name in HOOK_OFF_SWITCHES:
         view.env.env.pop(name, None)
     return True
+
+
+def explain(profile: Profile, on_trigger: str, trusted_hosts: list[str]) -> dict[str, Any]:
+    """What the live triggers of a session with `profile` would see and do (for `posture explain`)."""
+    kind = hook_kind(profile)
+    return {
+        "on_trigger": on_trigger,
+        "tool_calls": {"hook": kind, "how": HOOKED_PROFILES.get(kind or "", ""), "levels": list(HOOKED_LEVELS) if kind else []},
+        "watched": ["the project's MCP configs", "the session's own agent config", "git remotes"],
+        "trusted_hosts": list(trusted_hosts),
+        "not_seen": ("tool calls at " + ", ".join(lvl for lvl in ("l3", "l4") if lvl not in HOOKED_LEVELS) + "; " if kind else "every tool call (this agent has no hook posture installs); ")
+        + "network use inside a command (a curl in a script is not a tool call): the network modes and the egress log are the second line",
+    }
