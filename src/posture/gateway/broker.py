@@ -19,6 +19,10 @@ from urllib.parse import urlsplit
 
 from . import INSIDE_PORT, sentinel
 
+# Outside posture, where the OAuth token is refreshed instead of the agent's own default
+# (an organisation's identity proxy; the tests' stand-in).
+TOKEN_URL_ENV = "POSTURE_OAUTH_TOKEN_URL"
+
 
 @dataclass
 class Swap:
@@ -101,7 +105,8 @@ def substitute(profile: Any, host_env: dict[str, str], home: Path, port: int = I
             oauth = None
             if profile.refresh and where.endswith(".accessToken"):
                 parent = where.rsplit(".", 1)[0]
-                oauth = {"format": profile.refresh, "file": str(path), "path": parent, "doc": _at(doc, parent)}
+                oauth = {"format": profile.refresh, "file": str(path), "path": parent, "doc": _at(doc, parent),
+                         "token_url": host_env.get(TOKEN_URL_ENV, "")}
             out.swaps.append(Swap(f"~/{rel}:{where}", fake, str(real), hosts, oauth))
     if out.swaps and profile.base_url_env:
         out.env[profile.base_url_env] = out.inside_url(port)
