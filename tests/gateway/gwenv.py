@@ -6,17 +6,17 @@ import http.client
 import json
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
-from standin.anthropic import StandIn  # noqa: E402,F401
-
 from posture.gateway import launch  # noqa: E402
 from posture.gateway.broker import Brokered, Swap  # noqa: E402
+from standin.anthropic import StandIn  # noqa: E402,F401
 
 REAL_KEY = "sk-ant-api03-" + "R" * 86 + "-realAA"
 REAL_OAUTH = "sk-ant-oat01-" + "O" * 86 + "-realAA"

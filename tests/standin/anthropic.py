@@ -131,7 +131,7 @@ class StandIn:
         index = _turn_index(body)
         return self.script[index] if index < len(self.script) else {"text": "done"}
 
-    def __enter__(self) -> "StandIn":
+    def __enter__(self) -> StandIn:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         return self
