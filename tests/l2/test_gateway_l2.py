@@ -19,17 +19,11 @@ from l2env import L2, POSTURE, USER
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
-from standin.scripts import RemoteStandIn, hostile  # noqa: E402
+from posture.gateway import INSIDE_PORT, SOCKET_INSIDE  # noqa: E402
+from standin.scripts import RemoteStandIn, assess, hostile, oauth_login, real  # noqa: E402
 from testnet import PUBLIC  # noqa: E402
 
-from posture.gateway import INSIDE_PORT, SOCKET_INSIDE  # noqa: E402
-
 API_PORT = 8443
-
-
-def _real(kind: str) -> str:
-    body = uuid.uuid4().hex + uuid.uuid4().hex + uuid.uuid4().hex
-    return {"key": "sk-ant-api03-", "oauth": "sk-ant-oat01-", "refresh": "sk-ant-ort01-"}[kind] + body[:86] + "-xyzAA"
 
 
 def _run_claude(l2: L2, project: Path, extra_env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -57,7 +51,7 @@ def _gateways_of(uid: int) -> list[int]:
 
 def _check(l2: L2, tmp_path: Path, *, key: str | None, oauth: dict | None) -> None:
     project = l2.make_project(f"gw-{uuid.uuid4().hex[:6]}")
-    api = RemoteStandIn(l2.net.hosts, PUBLIC, API_PORT, hostile(f"http://127.0.0.1:{INSIDE_PORT}", SOCKET_INSIDE), tmp_path / "api")
+    api = RemoteStandIn(l2.net.hosts, PUBLIC, API_PORT, hostile(socket_inside=SOCKET_INSIDE), tmp_path / "api")
     creds = l2.home / ".claude" / ".credentials.json"
     try:
         if oauth is not None:
@@ -74,33 +68,8 @@ def _check(l2: L2, tmp_path: Path, *, key: str | None, oauth: dict | None) -> No
         creds.unlink(missing_ok=True)
     assert proc.returncode == 0, f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-3000:]}"
     assert "finished the hostile script" in proc.stdout
-    messages = [r for r in requests if r["path"].startswith("/v1/messages")]
-    assert len(messages) >= 5, [r["path"] for r in requests]
-    results = "\n".join(messages[-1]["tool_results"])
-    # every probe ran and came back (controls)
-    for marker in ("ENV-END", "CAT-END", "GREP-END", "NOSENTINEL", "UNIXDOOR"):
-        assert marker in results, results[-3000:]
-    secrets = [s for s in (key, *(oauth or {}).values()) if isinstance(s, str) and s.startswith("sk-ant-")]
-    for secret in secrets:
-        assert secret not in results, "a real credential reached the agent's tools"
-        assert secret not in json.dumps([r["body"] for r in requests]), "a real credential reached the model"
-    # the gateway without the sentinel: refused, through the forwarder and through the socket itself
-    assert results.count("HTTP=403") == 2 and "does not carry the session's credential" in results
-    # the stand-in got the real credential on every request of the conversation
-    for r in messages:
-        if key:
-            assert r["headers"].get("x-api-key") == key
-        else:
-            assert r["headers"].get("authorization") == f"Bearer {oauth['accessToken']}"
-    env_part = results.split("ENV-BEGIN", 1)[1].split("ENV-END", 1)[0]
-    assert f"ANTHROPIC_BASE_URL=http://127.0.0.1:{INSIDE_PORT}" in env_part
-    if key:
-        assert "ANTHROPIC_API_KEY=sk-ant-api03-" in env_part  # a sentinel, of the same shape
-    else:
-        assert "ANTHROPIC_API_KEY" not in env_part  # absent stays absent
-        cat_part = results.split("CAT-END", 1)[0]
-        inside = json.loads(cat_part[cat_part.index("{"):])["claudeAiOauth"]
-        assert inside["accessToken"].startswith("sk-ant-oat01-") and inside["expiresAt"] > 4e12
+    results = assess(requests, key, oauth, f"http://127.0.0.1:{INSIDE_PORT}", doors=2)
+    assert "UNIXDOOR" in results  # the socket bound in refuses too
     deadline = time.monotonic() + 5
     while _gateways_of(l2.uid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -108,13 +77,11 @@ def _check(l2: L2, tmp_path: Path, *, key: str | None, oauth: dict | None) -> No
 
 
 def test_claude_api_key_only(l2: L2, tmp_path: Path) -> None:
-    _check(l2, tmp_path, key=_real("key"), oauth=None)
+    _check(l2, tmp_path, key=real("key"), oauth=None)
 
 
 def test_claude_oauth_only(l2: L2, tmp_path: Path) -> None:
-    oauth = {"accessToken": _real("oauth"), "refreshToken": _real("refresh"), "expiresAt": int(time.time() * 1000) + 3600_000,
-             "scopes": ["user:inference", "user:profile"], "subscriptionType": "max"}
-    _check(l2, tmp_path, key=None, oauth=oauth)
+    _check(l2, tmp_path, key=None, oauth=oauth_login())
 
 
 @pytest.mark.parametrize("with_key", [True])
