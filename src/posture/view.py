@@ -137,7 +137,7 @@ def build_view(
     from .gateway import broker as gateway_broker
 
     source_env = dict(os.environ if host_env is None else host_env)
-    brokered = gateway_broker.prepare(profile, source_env, Path(home), session)  # the agent's credentials: sentinels only
+    brokered = gateway_broker.prepare(profile, source_env, Path(home), session, level)  # the agent's credentials: sentinels only
     for rel, sentinel_file in brokered.paths.items():
         binds.append(Bind(sentinel_file, f"{home}/{rel}", writable=False))
     for path in settings.mounts_ro:

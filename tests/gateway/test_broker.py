@@ -67,3 +67,30 @@ def test_codex_base_path(tmp_path: Path) -> None:
     b = broker.substitute(profiles.load("codex"), {"OPENAI_API_KEY": "sk-proj-" + "q" * 60}, tmp_path)
     assert b.env["OPENAI_BASE_URL"] == f"http://127.0.0.1:{INSIDE_PORT}/v1"
     assert b.env["OPENAI_API_KEY"].startswith("sk-proj-")
+
+
+def test_no_door_yet_nothing_inside(user, tmp_path: Path) -> None:
+    """L3 has no door to the gateway yet: neither the credential nor a sentinel enters."""
+    _oauth_file(tmp_path)
+    b = broker.prepare(profiles.load("claude-code"), {"ANTHROPIC_API_KEY": REAL_KEY}, tmp_path, "s-l3", "l3")
+    assert not b.active and b.env == {} and b.files == {} and b.paths == {}
+    assert any("no gateway door at l3" in m for m in b.missing)
+
+
+def test_audit_names_hosts_never_values(user, tmp_path: Path) -> None:
+    from gwenv import StandIn, start
+
+    from posture import audit
+
+    _oauth_file(tmp_path)
+    b = broker.prepare(profiles.load("claude-code"), {"ANTHROPIC_API_KEY": REAL_KEY}, tmp_path, "s-audit", "l2")
+    assert b.active and set(b.paths) == {".claude/.credentials.json"}
+    with StandIn() as api:
+        gw = start(b, tmp_path / "rt")
+        gw.stop()
+    text = audit.log_path().read_text()
+    assert REAL_KEY not in text and REAL_OAUTH not in text and all(s.sentinel not in text for s in b.swaps)
+    rec = [json.loads(line) for line in text.splitlines() if '"gateway.start"' in line][-1]
+    assert {c["name"] for c in rec["data"]["credentials"]} == {"$ANTHROPIC_API_KEY", "~/.claude/.credentials.json:claudeAiOauth.accessToken"}
+    assert rec["data"]["credentials"][0]["hosts"] == ["api.anthropic.com"]
+    del api

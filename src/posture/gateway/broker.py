@@ -22,6 +22,7 @@ from . import INSIDE_PORT, sentinel
 # Outside posture, where the OAuth token is refreshed instead of the agent's own default
 # (an organisation's identity proxy; the tests' stand-in).
 TOKEN_URL_ENV = "POSTURE_OAUTH_TOKEN_URL"
+DOOR_LEVELS = frozenset({"l2", "l4"})  # the levels whose sessions can reach their gateway
 
 
 @dataclass
@@ -56,6 +57,10 @@ class Brokered:
     def inside_url(self, port: int = INSIDE_PORT) -> str:
         """The agent's base URL inside, through the door listening on 127.0.0.1:`port`."""
         return f"http://127.0.0.1:{port}{self.base_path}"
+
+    def given_names(self) -> list[str]:
+        """The names of what would be given (for a level that cannot take them)."""
+        return [s.name for s in self.swaps]
 
     def given(self) -> list[dict[str, Any]]:
         """Names and hosts of what the session was given, for the audit log (never values)."""
@@ -120,8 +125,29 @@ def _at(doc: Any, where: str) -> Any:
     return doc
 
 
-def prepare(profile: Any, host_env: dict[str, str], home: Path, session: str) -> Brokered:
-    """`substitute`, with the sentinel files written into the session's runtime dir (`paths`)."""
+def survey(profile: Any, host_env: dict[str, str], home: Path) -> dict[str, Any]:
+    """What the profile would broker here and what is missing (names and hosts, never values), for
+    `posture explain` and `doctor`."""
+    b = substitute(profile, host_env, home)
+    return {"profile": profile.name, "brokered": [{"name": s.name, "hosts": s.hosts} for s in b.swaps],
+            "missing": b.missing, "upstream": b.upstream if b.swaps else None, "base_url": profile.base_url_env or None}
+
+
+def describe(found: dict[str, Any]) -> str:
+    """One line of `survey`'s answer."""
+    names = ", ".join(f"{b['name']} ({', '.join(b['hosts'])})" for b in found["brokered"]) or "none found here"
+    missing = f"; missing here: {', '.join(found['missing'])}" if found["missing"] else ""
+    upstream = f"; upstream {found['upstream']}" if found["upstream"] else ""
+    return f"{found['profile']}: brokered by the session's gateway: {names}{missing}{upstream}"
+
+
+def prepare(profile: Any, host_env: dict[str, str], home: Path, session: str, level: str) -> Brokered:
+    """`substitute`, with the sentinel files written into the session's runtime dir (`paths`). At a
+    level without a door to the gateway yet (L3), nothing is brokered: the credentials stay absent."""
+    if level not in DOOR_LEVELS:
+        out = Brokered(base_url_env=profile.base_url_env)
+        out.missing = [f"{name} (no gateway door at {level} yet: not shown inside)" for name in substitute(profile, host_env, home).given_names()]
+        return out
     brokered = substitute(profile, host_env, home)
     if brokered.files:
         from ..session import session_runtime_dir
