@@ -37,7 +37,7 @@ def json_file(doc: Any) -> tuple[Any, dict[str, str]]:
 
     def walk(node: Any, where: str) -> Any:
         if isinstance(node, dict):
-            out = {}
+            out: dict[str, Any] = {}
             for key, value in node.items():
                 path = f"{where}.{key}" if where else str(key)
                 if key in EXPIRY_KEYS and isinstance(value, (int, float)):

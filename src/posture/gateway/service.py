@@ -38,7 +38,11 @@ async def _run(plan: dict, listen_fd: int) -> None:
 
     os.set_blocking(0, False)
     loop.add_reader(0, parent_check)
-    loop.add_signal_handler(signal.SIGTERM, lambda: done.done() or done.set_result("SIGTERM"))
+    def on_term() -> None:
+        if not done.done():
+            done.set_result("SIGTERM")
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
     async with server:
         await done
 
