@@ -10,6 +10,7 @@ import os
 import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import envpolicy, gitutil, netpolicy, paths
 from .config import Settings
@@ -66,6 +67,9 @@ class View:
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     cwd: str = ""
     state_dir: str = ""  # this project's agent state on the host (never inside another project's view)
+    # The agent's own credentials, brokered by the session's gateway (posture.gateway.broker.Brokered):
+    # inside only their sentinels.
+    gateway: Any = None
 
     def host_paths(self) -> list[str]:
         """Every host path this view exposes (for audits and tests)."""
@@ -130,10 +134,12 @@ def build_view(
     binds: list[Bind] = []
     for rel in [*profile.state_dirs, *profile.state_files]:
         binds.append(Bind(str(state_home / rel), f"{home}/{rel}", writable=True))
-    for rel in profile.credential_files:
-        host_file = Path(home) / rel
-        if host_file.is_file():
-            binds.append(Bind(str(host_file), f"{home}/{rel}", writable=False))
+    from .gateway import broker as gateway_broker
+
+    source_env = dict(os.environ if host_env is None else host_env)
+    brokered = gateway_broker.prepare(profile, source_env, Path(home), session, level)  # the agent's credentials: sentinels only
+    for rel, sentinel_file in brokered.paths.items():
+        binds.append(Bind(sentinel_file, f"{home}/{rel}", writable=False))
     for path in settings.mounts_ro:
         _check_mount(path)
         binds.append(Bind(path, path, writable=False))
@@ -166,9 +172,10 @@ def build_view(
         "PATH": envpolicy.SANDBOX_PATH,
         "POSTURE_LEVEL": level,
         "POSTURE_SESSION": session,
+        **brokered.env,
     }
     env = envpolicy.build_env(
-        dict(os.environ if host_env is None else host_env),
+        source_env,
         allow=[*profile.env_pass, *profile.env_secrets, *settings.env_pass],
         drop=settings.env_drop,
         fixed=fixed,
@@ -191,4 +198,5 @@ def build_view(
         network=netpolicy.policy_for(settings.network_block),
         cwd=str(project),
         state_dir=str(agent_state_dir(project, profile)),
+        gateway=brokered,
     )

@@ -62,13 +62,17 @@ def explain(
     d = decide(project, settings, intent_push=req.intent_push, untrusted_input=req.untrusted_input)
     env = envpolicy.build_env(dict(os.environ), [*prof.env_pass, *prof.env_secrets, *settings.env_pass], settings.env_drop, {})
     env_report = {"profile": prof.name, "passed": env.masked(), "refused": env.refused}
+    from .. import paths
+    from ..gateway import broker
     from ..triggers import arm
 
     live = arm.explain(prof, settings.on_trigger, settings.trusted_hosts)
+    creds = broker.survey(prof, dict(os.environ), paths.home_dir())
     if as_json:
-        emit_json({**d.to_json(), "env": env_report, "triggers": live})
+        emit_json({**d.to_json(), "env": env_report, "triggers": live, "credentials": creds})
     else:
         _render_decision(d, env_report, live)
+        out(f"credentials: {broker.describe(creds)}")
     return 0
 
 

@@ -43,6 +43,7 @@ class BwrapSession(Session):
         self.view: Any = None
         self.settings = settings
         self.proc: Any = None
+        self.gateway: Any = None  # posture.gateway.launch.Running, in the process that started the session
 
     # -------------------------------------------------------------- helpers
     @property
@@ -111,6 +112,8 @@ class BwrapSession(Session):
         listener.listen(16)
         self.data["socket"] = str(agent_sock)
 
+        door = self._gateway_door(view, runtime)
+
         filt_r, filt_w = os.pipe2(os.O_CLOEXEC)
         filt = seccomp.build()
         os.write(filt_w, filt)  # a few hundred bytes: fits in the pipe buffer
@@ -121,9 +124,10 @@ class BwrapSession(Session):
             bwrap, *hardening_args("posture"),
             *fs_args,
             "--ro-bind", str(channel.GUEST_DIR), AGENT_DIR_INSIDE,
+            *door[0],
             "--chdir", view.cwd or view.project,
             "--seccomp", str(filt_r), "--info-fd", str(info_w),
-            "--", PYTHON, "-I", "-S", "-c", AGENT_MAIN, "--listen-fd", str(lfd),
+            "--", PYTHON, "-I", "-S", "-c", AGENT_MAIN, "--listen-fd", str(lfd), *door[1],
         ]
         log = open(runtime / "bwrap.log", "wb")
         try:
@@ -175,6 +179,20 @@ class BwrapSession(Session):
             ) from None
         self.data["box"] = answer["box"]
         self.data["slirp_pid"] = answer.get("slirp_pid")
+
+    def _gateway_door(self, view: Any, runtime: Path) -> tuple[list[str], list[str]]:
+        """Start the session's gateway (when the profile has credentials here) and return the bwrap
+        arguments binding its socket in, and the agent's forwarder from the sandbox's own loopback to it."""
+        brokered = getattr(view, "gateway", None)
+        if brokered is None or not brokered.active:
+            return [], []
+        from .. import gateway
+        from ..gateway import launch
+
+        self.gateway = launch.start(brokered, runtime, self.record.id)
+        self.data.update(self.gateway.facts())
+        return (["--ro-bind", self.gateway.socket, gateway.SOCKET_INSIDE],
+                ["--forward", f"127.0.0.1:{gateway.INSIDE_PORT}={gateway.SOCKET_INSIDE}"])
 
     def _abort(self, child: int | None) -> None:
         """Kill a sandbox whose network could not be attached (its agent never got a command)."""
@@ -243,6 +261,11 @@ class BwrapSession(Session):
                 netd.notify(self._netd_socket(), {"op": "release", "session": self.record.id})
             except OSError:
                 pass
+        if self.gateway is not None or self.data.get("gateway_pid"):
+            from ..gateway import launch
+
+            launch.stop(self.gateway, self.data)
+            self.gateway = None
         registry = self.data.get("placeholder_registry")
         if registry and self.data.get("placeholders"):
             release_placeholders(registry, self.record.id)
