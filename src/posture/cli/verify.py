@@ -21,7 +21,9 @@ def verify(
 
     Exit 0 every promise held, 1 one did not (its row says why), 69 a requested level could not run.
     """
+    from ..errors import EX_UNAVAILABLE
     from ..verify import run
+    from ..verify.promises import SESSION
 
     outcome = run.verify(path, level, profile)
     if as_json:
@@ -37,9 +39,11 @@ def verify(
     broken = outcome.broken()
     for r in broken:
         err(f"posture: NOT HELD at {r.level}: {r.promise}: {r.evidence}")
-    if not broken and outcome.unavailable:
-        err(f"posture: could not run {', '.join(outcome.unavailable)} here (see the rows; `posture doctor` shows how to fix it)")
+    code = outcome.exit_code()
+    skipped = [r.level for r in outcome.rows if r.promise == SESSION]
+    if code == EX_UNAVAILABLE:
+        err(f"posture: could not run {', '.join(outcome.unavailable or skipped)} here (see the rows; `posture doctor` shows how to fix it)")
     elif not broken:
-        ran = sorted({r.level for r in outcome.rows if r.held is not None})
-        err(f"posture: every promise tried held at {', '.join(ran) or 'no level'}")
-    return outcome.exit_code()
+        ran = sorted({r.level for r in outcome.rows if r.promise != SESSION})
+        err(f"posture: every promise tried held at {', '.join(ran)}" + (f" ({', '.join(skipped)} not run here)" if skipped else ""))
+    return code

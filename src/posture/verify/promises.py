@@ -170,9 +170,12 @@ def rows_for(level: str, report: dict[str, Any], ctx: Context) -> list[Row]:
     return [Row(level, name, *CHECKS[name](report, ctx)) for name in LEVEL_PROMISES[level]]
 
 
-def untried(level: str, why: str) -> list[Row]:
-    """Every promise of `level` as untested, with why."""
-    return [Row(level, name, None, why) for name in LEVEL_PROMISES[level]]
+SESSION = "session"  # the row of a level whose session could not run
+
+
+def not_run(level: str, why: str) -> list[Row]:
+    """The one row of a level that could not run here, with why."""
+    return [Row(level, SESSION, None, why)]
 
 
 def network_refused(level: str, detail: str) -> list[Row]:

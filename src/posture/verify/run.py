@@ -38,7 +38,8 @@ class Outcome:
         """0 every promise held; 1 one did not; 69 a requested level could not run."""
         if any(r.held is False for r in self.rows):
             return 1
-        return EX_UNAVAILABLE if self.unavailable else 0
+        ran = any(r.promise != promises.SESSION for r in self.rows)
+        return EX_UNAVAILABLE if self.unavailable or not ran else 0
 
     def broken(self) -> list[Row]:
         """The rows of promises that did not hold."""
@@ -69,7 +70,7 @@ def verify(path: Path | None, level: str, profile: str | None = None) -> Outcome
             settings = load_settings(_project(project))
             name, ok, reason, fix = choose_backend(lvl, settings)
             if not ok:
-                outcome.rows += promises.untried(lvl, f"not run: {name or 'no backend'} cannot run here: {reason}" + (f" (fix: {fix})" if fix else ""))
+                outcome.rows += promises.not_run(lvl, f"not run: {name or 'no backend'} cannot run here: {reason}" + (f" (fix: {fix})" if fix else ""))
                 continue
         rows, ran = _level(project, lvl, profile)
         outcome.rows += rows
@@ -91,7 +92,7 @@ def _level(path: Path | None, level: str, profile: str | None) -> tuple[list[Row
     try:
         plan = runner.plan(runner.Request(path=path, level=level, profile=profile))
     except Unavailable as exc:
-        return promises.untried(level, f"not run: {exc.line()}"), False
+        return promises.not_run(level, f"not run: {exc.line()}"), False
     policy = _policy(plan.settings)
     picked = targets.pick(policy)
     listener = None
@@ -110,7 +111,7 @@ def _level(path: Path | None, level: str, profile: str | None) -> tuple[list[Row
             detail = _network_refusal(plan.settings) if level in ("l2", "l3") else None
             if detail:
                 return promises.network_refused(level, detail), True
-            return promises.untried(level, f"not run: the session did not start: {exc.line()}"), False
+            return promises.not_run(level, f"not run: the session did not start: {exc.line()}"), False
         marker = f".posture-verify-{uuid.uuid4().hex[:8]}"
         config = _config(level, plan, spec, planted, picked, peer_targets, marker)
         try:
@@ -125,7 +126,7 @@ def _level(path: Path | None, level: str, profile: str | None) -> tuple[list[Row
     report = _report(out)
     if report is None:
         tail = (err or out).strip().splitlines()[-3:]
-        return promises.untried(level, f"not run: the probe printed no report (exit {code}): {' | '.join(tail) or 'no output'}"), False
+        return promises.not_run(level, f"not run: the probe printed no report (exit {code}): {' | '.join(tail) or 'no output'}"), False
     ctx = promises.Context(cred=planted.cred, state=planted.state, cred_file=str(planted.cred_file), targets=picked,
                            peers=[t.key for t in peer_targets], project_visible=visible)
     return promises.rows_for(level, report, ctx), True
