@@ -8,10 +8,12 @@ Config keys (all optional but home/project): canary, canaries (more needles), se
 project, creds (paths), unix (host socket paths), abstract (abstract socket names), blocked
 (addr list), blocked_ports (addr:port pairs), public (addr list), port, targets (more
 addr:port pairs), timeout, protected (project-relative paths), scan_roots (where to look for
-the canaries; default every top-level directory), scan_skip (directories not to walk), kernel (false: skip the syscall and
-user-namespace checks, which are about the session's own kernel), gentle (true: leave no
-trace: protected paths are opened for writing but never written, the project write is a
-temporary file, no git commit). Every check records what happened; the caller decides.
+the canaries; default every top-level directory), scan_skip (directories not to walk),
+kernel (false: skip the syscall and user-namespace checks, which are about the session's own
+kernel), gentle (true: leave no trace: protected paths are opened for writing but never
+written, the only project write is the marker named in project_marker, which the caller
+checks on the host and removes; no git commit). Every check records what happened; the
+caller decides.
 """
 
 from __future__ import annotations
@@ -266,8 +268,9 @@ def main() -> None:
     protected = cfg.get("protected", [])
     if gentle:
         r["protected_writes"] = {rel: try_write(os.path.join(project, rel)) for rel in protected}
-        marker = cfg.get("project_marker") or f".posture-verify-{uuid.uuid4().hex[:8]}"
-        r["project_write"] = outcome(lambda: open(os.path.join(project, marker), "w").write("made inside\n"))
+        marker = cfg.get("project_marker")
+        if marker:  # the caller checks it arrived on the host, and removes it
+            r["project_write"] = outcome(lambda: open(os.path.join(project, marker), "w").write("made inside\n"))
     else:
         r["bashrc"] = write_file(os.path.join(home, ".bashrc"))
         r["protected_writes"] = {rel: write_file(os.path.join(project, rel)) for rel in protected}

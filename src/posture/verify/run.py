@@ -155,7 +155,10 @@ def _config(level: str, plan: runner.Plan, spec: object, planted: canary.Canarie
     home = view.home if (local and view is not None) else "~"
     project = str(plan.project) if local else "."
     protected = [os.path.relpath(p, project) for p in (view.protected if view is not None else []) if p.startswith(project + "/")] if local else []
-    creds = [f"{home}/{rel}" for rel in canary.CREDENTIAL_PATHS] + ([str(planted.cred_file)] if local else [f"~/.ssh/{planted.cred_file.name}"])
+    # At L4 the host's own files are not the user's: only the planted key (and its text anywhere) counts.
+    creds = [*(f"{home}/{rel}" for rel in canary.CREDENTIAL_PATHS), str(planted.cred_file)] if local else [f"~/.ssh/{planted.cred_file.name}"]
+    # At L4 the network is the host's own: only the public target and the tailnet peers are tried from it.
+    tried = [*picked.all(), *peer_targets] if local else [*picked.public, *peer_targets]
     return {
         "gentle": True,
         "kernel": level == "l2",
@@ -164,10 +167,10 @@ def _config(level: str, plan: runner.Plan, spec: object, planted: canary.Canarie
         "secret": planted.secret,
         "home": home,
         "project": project,
-        "project_marker": marker,
+        "project_marker": marker if local else None,  # at L4 it would travel back with the session's work
         "creds": creds,
         "protected": protected,
-        "targets": [[t.addr, t.port] for t in [*picked.all(), *peer_targets]],
+        "targets": [[t.addr, t.port] for t in tried],
         "timeout": PROBE_TIMEOUT,
         "scan_roots": None if local else ["~", "/tmp"],
         "scan_skip": [project] if local else ["."],
