@@ -127,3 +127,31 @@ def test_automatic_targets_in_the_helpers_namespace(l2: L2) -> None:
     assert f"{PUBLIC}:{PORT}" in got["public"], got
     assert f"10.0.2.2:{l2.gw_loopback_port}" in got["loopback"] and f"127.0.0.1:{l2.gw_loopback_port}" in got["loopback"], got
     assert got["internal"] == [] and "answered from the host" in got["notes"]["internal"], got
+
+
+def test_all_runs_what_can_run_and_a_requested_level_that_cannot_is_69(l2: L2) -> None:
+    """`--level all` (the default): L2 runs, L3 and L4 (not configured to run here) are one `session` row each;
+    `--level l2` without the helper: exit 69, one row saying why and how to fix it."""
+    project = l2.make_project("verify-all")
+    cfg = l2.home / ".config" / "posture" / "config.toml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(f'[l3]\nuri = "qemu+unix:///system?socket={l2.home}/no-libvirt.sock"\n')
+    subprocess.run(["chown", "-R", f"{l2.uid}:{l2.gid}", str(l2.home / ".config")], check=True)
+    try:
+        r = l2.posture("verify", str(project), "--json", cwd=project, timeout=300, POSTURE_VERIFY_TARGETS=_targets(l2))
+    finally:
+        cfg.unlink()
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["held"] for row in rows if row["level"] == "l2"] == [True] * len(LEVEL_PROMISES["l2"]), rows
+    others = [row for row in rows if row["level"] != "l2"]
+    assert [(row["level"], row["promise"], row["held"]) for row in others] == [("l3", "session", None), ("l4", "session", None)], others
+    assert all(row["evidence"].startswith("not run: ") and "fix:" in row["evidence"] for row in others), others
+    assert "l3, l4 not run here" in r.stderr
+
+    r = _verify(l2, project, POSTURE_NETD_SOCKET=str(l2.home / "no-such.sock"))
+    assert r.returncode == 69, r.stdout + r.stderr
+    [row] = json.loads(r.stdout)
+    assert row["promise"] == "session" and row["held"] is None and "posture setup" in row["evidence"], row
+    assert "could not run l2" in r.stderr
+    assert _left_behind(l2, project) == []
