@@ -79,6 +79,8 @@ def test_the_environment_replaces_the_choice() -> None:
     c = t.pick(NetworkPolicy(), env)
     assert keys(c.public) == ["198.51.100.10:8080", "2001:db8:51::10:8080"] and keys(c.internal) == ["100.64.0.10:8080"]
     assert c.given == {"public", "internal", "loopback"} and "gives no loopback" in c.notes["loopback"]
+    only = t.pick(NetworkPolicy(), env, kinds=("public",))  # L4: the public target only
+    assert keys(only.public) == keys(c.public) and only.internal == [] and only.loopback == [] and set(only.notes) == set()
     for bad in ("not json", '["x"]', '{"dns": []}', '{"public": "1.1.1.1:443"}', '{"public": ["1.1.1.1"]}', '{"public": ["host:443"]}', '{"public": ["1.1.1.1:0"]}'):
         with pytest.raises(UsageError) as exc:
             t.pick(NetworkPolicy(), {t.ENV: bad})

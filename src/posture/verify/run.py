@@ -93,16 +93,16 @@ def _level(path: Path | None, level: str, profile: str | None) -> tuple[list[Row
         plan = runner.plan(runner.Request(path=path, level=level, profile=profile))
     except Unavailable as exc:
         return promises.not_run(level, f"not run: {exc.line()}"), False
-    policy = _policy(plan.settings)
-    picked = targets.pick(policy)
+    local = level != "l4"  # at L4 the network is the host's own: only public targets and tailnet peers
+    picked = targets.pick(_policy(plan.settings), kinds=targets.KINDS if local else ("public",))
+    peer_targets = [] if local else _peer_targets(plan.settings)
     listener = None
-    if not picked.loopback and "loopback" not in picked.given:
-        listener = targets.LoopbackListener()
-        picked.loopback = listener.targets()
-        picked.notes.pop("loopback", None)
-    peer_targets = _peer_targets(plan.settings) if level == "l4" else []
     planted = canary.plant(list(plan.profile.state_dirs), plan.profile.name)
     try:
+        if local and not picked.loopback and "loopback" not in picked.given:
+            listener = targets.LoopbackListener()
+            picked.loopback = listener.targets()
+            picked.notes.pop("loopback", None)
         session = runner.open_session(plan)
         spec = runner.start_spec(session.record, plan.settings, plan.profile)
         try:
@@ -118,7 +118,7 @@ def _level(path: Path | None, level: str, profile: str | None) -> tuple[list[Row
             code, out, err = _captured(lambda: session.exec(["python3", "-c", probe_source(), json.dumps(config)], tty=False))
         finally:
             runner._stop(session)
-        visible = _take_marker(Path(plan.project) / marker) if level != "l4" else None
+        visible = _take_marker(Path(plan.project) / marker) if local else None
     finally:
         canary.remove(planted)
         if listener:

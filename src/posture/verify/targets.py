@@ -17,6 +17,7 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,6 +256,13 @@ def confirm(candidates: Targets, limit: int = 4) -> Targets:
     return out
 
 
+def _only(t: Targets, kinds: set[str]) -> Targets:
+    for kind in set(KINDS) - kinds:
+        setattr(t, kind, [])
+        t.notes[kind] = f"{kind} targets are not tried here"
+    return t
+
+
 def parse_env(value: str) -> dict[str, list[Target]]:
     """POSTURE_VERIFY_TARGETS: {"internal"|"loopback"|"public": ["addr:port" | "[v6]:port", ...]} (exit 64 when malformed)."""
     fix = 'set it to JSON like {"public": ["198.51.100.10:443"], "internal": ["192.168.1.1:80"], "loopback": ["10.0.2.2:8080"]}'
@@ -281,11 +289,14 @@ def _target(kind: str, item: object, fix: str) -> Target:
     return Target(str(_ip(host)), int(port), f"given in {ENV}")
 
 
-def pick(policy: NetworkPolicy, environ: dict[str, str] | None = None) -> Targets:
-    """The targets for this run: POSTURE_VERIFY_TARGETS where given, else confirmed automatic ones."""
+def pick(policy: NetworkPolicy, environ: Mapping[str, str] | None = None, kinds: tuple[str, ...] = KINDS) -> Targets:
+    """The targets of `kinds` for this run: POSTURE_VERIFY_TARGETS where given, else confirmed automatic ones."""
     env = os.environ if environ is None else environ
-    given = parse_env(env[ENV]) if env.get(ENV) else {}
-    auto = confirm(choose(read_host(), policy)) if set(KINDS) - set(given) else Targets()
+    given = {k: v for k, v in (parse_env(env[ENV]) if env.get(ENV) else {}).items() if k in kinds}
+    wanted = set(kinds) - set(given)
+    auto = confirm(_only(choose(read_host(), policy), wanted)) if wanted else Targets()
+    for kind in set(KINDS) - set(kinds):
+        auto.notes.pop(kind, None)
     for kind, items in given.items():
         setattr(auto, kind, items)
         auto.given.add(kind)
