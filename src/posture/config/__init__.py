@@ -17,6 +17,7 @@ from . import checks as c
 from .tomlfile import line_of, read_toml
 
 REPO_FILE = ".posture.toml"
+RETENTION_DAYS = 14  # default of [sessions] retention_days
 RULE_NAMES_BUILTIN = ("untrusted_repo", "unfamiliar_mcp", "push_intent", "untrusted_input")
 
 Schema = dict[str, Any]  # key -> checker, or key -> nested Schema for a table
@@ -30,6 +31,7 @@ CORE_USER_SCHEMA: Schema = {
     "mounts": {"ro": c.HOST_PATHS, "rw": c.HOST_PATHS},
     "deny": {"paths": c.REPO_PATHS},
     "network": {"block": c.CIDR_LIST},
+    "sessions": {"retention_days": c.whole(1, 3650)},
 }
 
 # What a repo file may say; everything here only tightens.
@@ -49,6 +51,7 @@ REPO_IGNORED = {
     "env.pass": "passing environment variables loosens; only the user's config may",
     "mounts": "extra mounts loosen; only the user's config may",
     "network.allow": "network exceptions loosen; only the user's config may",
+    "sessions": "how long posture keeps ended sessions is the user's choice",
 }
 BACKEND_TABLE_IGNORED = "backend settings come from the user's config only"
 
@@ -147,6 +150,7 @@ class Settings:
     intent_push: bool = False
     intent_untrusted_input: bool = False
     backend: dict[str, dict[str, Any]] = field(default_factory=dict)  # each backend's own table, by name
+    retention_days: int = RETENTION_DAYS  # ended sessions older than this are pruned (`posture gc`)
     repo_file: str | None = None
     repo_asked: list[str] = field(default_factory=list)
     repo_ignored: list[tuple[str, str]] = field(default_factory=list)
@@ -183,6 +187,7 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     s.deny_paths = list(user.get("deny", {}).get("paths", []))
     s.network_block = list(user.get("network", {}).get("block", []))
     s.backend = {name: dict(user.get(name, {})) for name in tables}
+    s.retention_days = user.get("sessions", {}).get("retention_days", RETENTION_DAYS)
     s.repo_file = str(repo_path) if repo_path else None
     s.repo_ignored = list(repo_ignored)
 
