@@ -79,7 +79,7 @@ def test_status_shows_live_and_recently_ended_sessions(me: User, keeper: int) ->
     assert proc.returncode == 0, proc.stderr
     shown = [line.split()[0] for line in proc.stdout.splitlines() if not line.startswith(" ")]
     assert sorted(shown) == ["dead", "live", "recent"]
-    assert "2 sessions that ended more than 24 h ago are not shown (`posture status --all`)" in proc.stderr
+    assert "2 sessions that ended more than 24 h ago not shown (`posture status --all`)" in proc.stderr
     everything = me.run("status", "--all").stdout
     assert all(sid in everything for sid in ("live", "recent", "older", "failed", "dead"))
     listed = json.loads(me.run("status", "--json").stdout)
@@ -93,7 +93,7 @@ def test_status_with_nothing_recent_says_so(me: User) -> None:
     fresh_stamp()
     make("older", "stopped", 3)
     proc = me.run("status")
-    assert proc.stdout.strip() == "no sessions" and "1 sessions" in proc.stderr
+    assert proc.stdout.strip() == "no sessions" and "1 session that ended" in proc.stderr
     assert json.loads(me.run("status", "--json").stdout) == []
 
 

@@ -79,8 +79,9 @@ def status(
         out(f"{r.id}  {r.level}  {r.backend:8} {r.status:9} {r.created}  {r.project}{parent}")
         if r.note:
             out(f"    {r.note}")
-    if len(every) > len(records):
-        err(f"posture: {len(every) - len(records)} sessions that ended more than 24 h ago are not shown (`posture status --all`)")
+    hidden = len(every) - len(records)
+    if hidden:
+        err(f"posture: {hidden} session{'s' if hidden > 1 else ''} that ended more than 24 h ago not shown (`posture status --all`)")
     return 0
 
 
