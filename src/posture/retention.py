@@ -30,6 +30,7 @@ RECENT_SECONDS = 24 * 3600  # `status` shows sessions that ended this recently
 AUTO_EVERY_SECONDS = 24 * 3600  # automatic pruning runs at most this often
 STAMP = "gc.stamp"
 _OCTAL = re.compile(r"\\([0-7]{3})")
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # what new_id() makes; never a path
 
 
 @dataclass
@@ -149,6 +150,8 @@ class _Judge:
 
     def keeps(self, record: SessionRecord, ended: float) -> str:
         """Why `record` must be kept, or '' when it may be pruned."""
+        if not _SESSION_ID.fullmatch(record.id):
+            return "its id is not a session id; remove it by hand"
         if record.status in LIVE:
             return f"it is {record.status}"
         if record.status == DEAD:

@@ -271,3 +271,21 @@ def test_auto_pruning_costs_one_stat_when_not_due(me: User) -> None:
     took, loaded = proc.stdout.split()
     assert float(took) < 0.01 and loaded == "False", proc.stdout
     assert exists("old")
+
+
+def test_a_record_whose_id_is_a_path_is_never_followed(me: User) -> None:
+    """A record names its own runtime dir; an id with path characters must not aim gc elsewhere."""
+    store = SessionStore()
+    victim = Path(os.environ["XDG_RUNTIME_DIR"]) / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("x")
+    body = json.dumps({"id": "../victim", "project": "/p", "level": "l2", "backend": "bwrap", "profile": "shell", "status": "stopped"})
+    (store.root / "evil.json").write_text(body)
+    (store.root.parent / "victim.json").write_text(body)  # where the record's own id points
+    old = time.time() - 30 * DAY
+    for path in (store.root / "evil.json", store.root.parent / "victim.json"):
+        os.utime(path, (old, old))
+    proc = me.run("gc")
+    assert proc.returncode == 0, proc.stderr
+    assert "kept ../victim: its id is not a session id" in proc.stdout
+    assert (victim / "precious").exists() and (store.root.parent / "victim.json").exists()
