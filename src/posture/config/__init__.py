@@ -17,6 +17,7 @@ from . import checks as c
 from .tomlfile import line_of, read_toml
 
 REPO_FILE = ".posture.toml"
+RETENTION_DAYS = 14  # default of [sessions] retention_days
 RULE_NAMES_BUILTIN = ("untrusted_repo", "unfamiliar_mcp", "push_intent", "untrusted_input")
 
 Schema = dict[str, Any]  # key -> checker, or key -> nested Schema for a table
@@ -34,6 +35,7 @@ CORE_USER_SCHEMA: Schema = {
     "network": {"block": c.CIDR_LIST},
     "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
     "triggers": {"trusted_hosts": c.STR_LIST},
+    "sessions": {"retention_days": c.whole(1, 3650)},
 }
 
 # What a repo file may say; everything here only tightens.
@@ -55,6 +57,7 @@ REPO_IGNORED = {
     "mounts": "extra mounts loosen; only the user's config may",
     "network.allow": "network exceptions loosen; only the user's config may",
     "triggers": "trusting hosts loosens the live triggers; only the user's config may",
+    "sessions": "how long posture keeps ended sessions is the user's choice",
 }
 BACKEND_TABLE_IGNORED = "backend settings come from the user's config only"
 
@@ -155,6 +158,7 @@ class Settings:
     intent_push: bool = False
     intent_untrusted_input: bool = False
     backend: dict[str, dict[str, Any]] = field(default_factory=dict)  # each backend's own table, by name
+    retention_days: int = RETENTION_DAYS  # ended sessions older than this are pruned (`posture gc`)
     repo_file: str | None = None
     repo_asked: list[str] = field(default_factory=list)
     repo_ignored: list[tuple[str, str]] = field(default_factory=list)
@@ -193,6 +197,7 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     s.on_trigger = user.get("escalation", {}).get("on_trigger", "deny")
     s.trusted_hosts = list(user.get("triggers", {}).get("trusted_hosts", []))
     s.backend = {name: dict(user.get(name, {})) for name in tables}
+    s.retention_days = user.get("sessions", {}).get("retention_days", RETENTION_DAYS)
     s.repo_file = str(repo_path) if repo_path else None
     s.repo_ignored = list(repo_ignored)
 
