@@ -83,10 +83,10 @@ def _serve(tmp_path: Path, judge=None):
 
 def _run_hook(sock: Path, hook_input: dict | str) -> subprocess.CompletedProcess[str]:
     """The real hook program, pointed at a test socket (inside a session its path is fixed)."""
-    code = f"import runpy, sys; g = runpy.run_path({str(HOOK)!r}, run_name='hook'); g['REPORT'] = {str(sock)!r}; " \
-           "main = g['main']; main.__globals__['REPORT'] = g['REPORT']; sys.exit(main())"
+    source = HOOK.read_text().replace('REPORT = "/run/posture/report.sock"', f"REPORT = {str(sock)!r}")
+    assert str(sock) in source
     text = hook_input if isinstance(hook_input, str) else json.dumps(hook_input)
-    return subprocess.run([sys.executable, "-I", "-S", "-c", code], input=text, capture_output=True, text=True, timeout=30)
+    return subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", source], input=text, capture_output=True, text=True, timeout=30)
 
 
 def test_hook_reports_and_prints_claude_codes_verdict(tmp_path: Path) -> None:
@@ -102,24 +102,26 @@ def test_hook_reports_and_prints_claude_codes_verdict(tmp_path: Path) -> None:
         assert [e.tool_name for e in seen] == ["Bash", "Read"] and seen[0].tool_input == {"command": "git push"}
         garbage = _run_hook(server.path, "not json")
         assert json.loads(garbage.stdout)["hookSpecificOutput"]["permissionDecision"] == "deny"
+        assert heard == ["the hook's input is not JSON"]
     finally:
         server.close()
     gone = _run_hook(server.path, {"tool_name": "Bash", "tool_input": {}})  # no channel: fail closed
     reason = json.loads(gone.stdout)["hookSpecificOutput"]
     assert reason["permissionDecision"] == "deny" and "refused" in reason["permissionDecisionReason"]
-    assert heard == []
 
 
-@pytest.mark.parametrize("message", [
-    {"type": "set_level", "level": "l2"}, {"type": "approve", "server": "x"}, {"op": "escalate", "to": "l2"},
-    {"type": "tool_call", "tool_name": "Bash", "tool_input": {}, "level": "l2"}, {"type": "tool_call", "tool_name": 3},
-    [1, 2], "lower the level",
+@pytest.mark.parametrize("request_bytes", [
+    b'{"type": "set_level", "level": "l2"}\n', b'{"op": "escalate", "to": "l2"}\n', b"lower the level\n",
+    channel.hook_request({"hook_event_name": "SessionStart", "source": "startup"}),
+    channel.hook_request({"tool_name": 3, "tool_input": {}}), channel.hook_request({"tool_name": "Bash", "tool_input": "x"}),
+    b"hook 99\n{}", b"hook 2\n[]", b"hook x\n{}", b"",
 ])
-def test_the_channel_carries_events_only(tmp_path: Path, message: object) -> None:
+def test_the_channel_carries_events_only(tmp_path: Path, request_bytes: bytes) -> None:
     server, heard, seen = _serve(tmp_path, judge=lambda e: Verdict(ALLOW))
     try:
-        answer = channel.ask(str(server.path), message)  # type: ignore[arg-type]
-        assert answer["decision"] == DENY and "posture" in answer["reason"]
+        decision, text = channel.ask(str(server.path), request_bytes)
+        reason = json.loads(text)["hookSpecificOutput"]["permissionDecisionReason"]
+        assert decision == DENY and reason.startswith("posture:"), (decision, text)
         assert len(heard) == 1 and not seen
     finally:
         server.close()
@@ -135,7 +137,7 @@ def test_the_channel_bounds_a_silent_client(tmp_path: Path, monkeypatch: pytest.
         for s in silent:
             s.connect(str(server.path))
         time.sleep(1.0)  # the silent ones are closed after the request timeout
-        assert channel.ask(str(server.path), {"type": "tool_call", "tool_name": "Read", "tool_input": {}})["decision"] == ALLOW
+        assert channel.ask(str(server.path), channel.hook_request({"tool_name": "Read", "tool_input": {}}))[0] == ALLOW
         for s in silent:
             s.close()
     finally:
@@ -248,8 +250,8 @@ def test_a_judging_failure_refuses_the_call(tmp_path: Path) -> None:
 
     server, _, _ = _serve(tmp_path, judge=boom)
     try:
-        answer = channel.ask(str(server.path), {"type": "tool_call", "tool_name": "Read", "tool_input": {}})
-        assert answer["decision"] == DENY and "rules broke" in answer["reason"]
+        decision, text = channel.ask(str(server.path), channel.hook_request({"tool_name": "Read", "tool_input": {}}))
+        assert decision == DENY and "rules broke" in text
     finally:
         server.close()
 

@@ -80,7 +80,7 @@ def test_deny_refuses_the_push_before_git_runs(l2: L2, tmp_path: Path) -> None:
     assert not (project / "pushed.txt").exists()  # the command never ran
     assert "/run/posture/agent/hook.py" in settings and "Read-only file system" in settings and "WRITE=1" in settings, settings
     assert "RM=0" not in rm and "hook.py" in rm, rm
-    assert "FORGED" in forged and '"deny"' in forged and "only tool-call events" in forged, forged
+    assert "FORGED deny" in forged and "only the agent" in forged, forged
     assert "CONTROL" in control and (project / "control.txt").read_text() == "ok\n"
     log = _egress(l2, project)
     assert any(e["rule"] == "push_intent" and e["decision"].startswith("denied") for e in log), log

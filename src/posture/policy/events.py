@@ -44,8 +44,4 @@ class Verdict:
     """posture's answer to a reported event."""
 
     decision: str  # allow | deny
-    reason: str = ""
-
-    def to_wire(self) -> dict[str, str]:
-        """The answer as it travels back to the hook."""
-        return {"decision": self.decision, "reason": self.reason}
+    reason: str = ""  # for deny: what the model is told

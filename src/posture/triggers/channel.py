@@ -1,11 +1,13 @@
 """The report channel: the one door from inside a session to its live triggers.
 
 A unix socket in the session's runtime dir (outside every view), bound into the session at
-REPORT_INSIDE. It carries exactly one kind of message in, a tool-call event, and one kind
-out, a verdict (allow or deny, with the reason the model sees). Nothing else can be asked:
-no level can be lowered, nothing approved, nothing read; a message of another shape is
-answered with a refusal and recorded. Each connection sends one line of at most
-MAX_REQUEST bytes within REQUEST_TIMEOUT seconds; at most MAX_CLIENTS are served at once.
+REPORT_INSIDE. It carries exactly one kind of message in, a tool call as the agent's hook saw
+it (`hook N\n` and the N bytes of the PreToolUse hook's JSON input), and one kind out, a
+verdict (`allow\n`, or `deny\n` and the JSON Claude Code reads, with the reason the model
+sees). Nothing else can be asked: no level can be lowered, nothing approved, nothing read; a
+message of another shape is answered with a refusal and recorded. A request is at most
+MAX_REQUEST bytes and must arrive within REQUEST_TIMEOUT seconds; at most MAX_CLIENTS are
+served at once.
 """
 
 from __future__ import annotations
@@ -23,26 +25,35 @@ REPORT_INSIDE = "/run/posture/report.sock"
 MAX_REQUEST = 256 * 1024
 REQUEST_TIMEOUT = 10.0
 MAX_CLIENTS = 16
-FIELDS = {"type", "hook_event", "tool_name", "tool_input", "tool_use_id", "session_id"}
 
 
-def parse(line: bytes) -> Event | str:
-    """The event in one request line, or why it is refused."""
+def parse(request: bytes) -> Event | str:
+    """The event in one request, or why it is refused."""
+    head, sep, body = request.partition(b"\n")
+    word, _, size = head.partition(b" ")
+    if word != b"hook" or not sep or not size.isdigit() or int(size) != len(body):
+        return "only the agent's tool-call reports are accepted here (`hook N` and the hook's input)"
     try:
-        msg = json.loads(line)
+        msg = json.loads(body)
     except ValueError:
-        return "not a JSON object"
+        return "the hook's input is not JSON"
     if not isinstance(msg, dict):
-        return "not a JSON object"
-    if msg.get("type") != TOOL_CALL:
-        return f"only tool-call events are accepted here, not {str(msg.get('type'))[:40]!r}"
-    extra = set(msg) - FIELDS
-    if extra:
-        return f"unknown fields {sorted(extra)[:5]}"
+        return "the hook's input is not a JSON object"
+    event = msg.get("hook_event_name", "PreToolUse")
+    if event != "PreToolUse":
+        return f"only PreToolUse reports are accepted here, not {str(event)[:40]!r}"
     name, args = msg.get("tool_name"), msg.get("tool_input", {})
     if not isinstance(name, str) or not name or not isinstance(args, dict):
         return "tool_name must be a string and tool_input an object"
     return Event(kind=TOOL_CALL, tool_name=name[:200], tool_input=args)
+
+
+def wire(verdict: Verdict) -> bytes:
+    """A verdict as the hook prints it: nothing for allow, Claude Code's deny answer otherwise."""
+    if verdict.decision != DENY:
+        return b"allow\n"
+    out = {"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "deny", "permissionDecisionReason": verdict.reason}}
+    return b"deny\n" + json.dumps(out).encode() + b"\n"
 
 
 class ReportServer:
@@ -96,19 +107,19 @@ class ReportServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(REQUEST_TIMEOUT)
-            line = _read_line(conn)
-            got = parse(line) if line is not None else "no complete request line"
+            request = _read_request(conn)
+            got = parse(request) if request is not None else "no complete request within the limits"
             if isinstance(got, Event):
                 verdict = self.judge(got)
             else:
                 self.refused(got)
                 verdict = Verdict(DENY, f"posture: {got}")
-            conn.sendall(json.dumps(verdict.to_wire()).encode() + b"\n")
+            conn.sendall(wire(verdict))
         except OSError:
             pass
         except Exception as exc:  # noqa: BLE001 - a judging failure refuses the call (fail closed)
             try:
-                conn.sendall(json.dumps(Verdict(DENY, f"posture could not judge this call: {exc}").to_wire()).encode() + b"\n")
+                conn.sendall(wire(Verdict(DENY, f"posture could not judge this call: {exc}")))
             except OSError:
                 pass
         finally:
@@ -116,34 +127,44 @@ class ReportServer:
             self._slots.release()
 
 
-def _read_line(conn: socket.socket) -> bytes | None:
+def _read_request(conn: socket.socket) -> bytes | None:
+    """`hook N\n` and N bytes (the hook closes its side after them), or None past the limits."""
     buf = b""
-    while b"\n" not in buf:
+    while True:
         try:
             chunk = conn.recv(65536)
         except OSError:
             return None
         if not chunk:
-            return None
+            return buf
         buf += chunk
         if len(buf) > MAX_REQUEST:
             return None
-    return buf.split(b"\n", 1)[0]
+        head, sep, body = buf.partition(b"\n")
+        if sep and not (head.startswith(b"hook ") and head[5:].isdigit()):
+            return buf  # not a report: refused at once
+        if sep and len(body) >= int(head[5:]):
+            return buf
 
 
-def ask(path: str, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send one message and return the answer (what the in-session hook does; also for tests)."""
+def ask(path: str, request: bytes, timeout: float = 30.0) -> tuple[str, str]:
+    """Send one raw request and return (decision, the text after it): what the hook does; for tests."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
-        sock.sendall(json.dumps(message).encode() + b"\n")
-        line = _read_line(sock)
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
     finally:
         sock.close()
-    if line is None:
-        raise OSError("the report channel closed without an answer")
-    answer = json.loads(line)
-    if not isinstance(answer, dict):
-        raise ValueError("the report channel answered something other than a verdict")
-    return answer
+    decision, _, text = b"".join(chunks).partition(b"\n")
+    return decision.decode(), text.decode()
+
+
+def hook_request(hook_input: dict[str, Any]) -> bytes:
+    """What the hook sends for `hook_input`."""
+    body = json.dumps(hook_input).encode()
+    return b"hook %d\n" % len(body) + body
