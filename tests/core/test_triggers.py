@@ -14,7 +14,7 @@ import pytest
 from posture import plugins
 from posture.policy.events import ALLOW, DENY, TOOL_CALL, Event, Fired, Verdict
 from posture.policy.pushparse import push_commands
-from posture.session import SessionRecord, SessionStore
+from posture.session import Session, SessionRecord, SessionStore
 from posture.triggers import arm, channel, monitor, record
 from posture.triggers.watch import Watcher
 
@@ -254,3 +254,48 @@ def test_a_judging_failure_refuses_the_call(tmp_path: Path) -> None:
     finally:
         server.close()
 
+
+
+class _Terminal(Session):
+    """A session whose agent terminal can be attached to (the rest of the interface is not used here)."""
+
+    attached: list[str] = []
+
+    def start(self, spec) -> None:  # pragma: no cover - not used
+        raise AssertionError
+
+    def exec(self, argv, tty) -> int:  # pragma: no cover - not used
+        raise AssertionError
+
+    def stop(self) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True
+
+    def attach(self) -> int:
+        _Terminal.attached.append(self.record.id)
+        return 0
+
+    def agent_running(self) -> bool:
+        return True
+
+
+def test_an_attached_terminal_follows_the_session_up(user, make_repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    from posture import runner
+
+    store = SessionStore()
+    repo = make_repo()
+    parent = SessionRecord(id="p-1", project=str(repo), level="l2", backend="bwrap", profile="shell", status="escalated",
+                           data={"escalation": {"to": "l4", "step": "done", "child": "c-1"}})
+    child = SessionRecord(id="c-1", project=str(repo), level="l4", backend="tailnet", profile="shell", status="running", parent="p-1")
+    alone = SessionRecord(id="a-1", project=str(repo), level="l2", backend="bwrap", profile="shell", status="running")
+    for rec in (parent, child, alone):
+        store.save(rec)
+    monkeypatch.setattr(runner, "reopen", lambda rec: _Terminal(rec))
+    _Terminal.attached = []
+    session, code = runner._attach_following(_Terminal(store.get("p-1")))
+    assert code == 0 and _Terminal.attached == ["p-1", "c-1"] and session.record.id == "c-1"
+    _Terminal.attached = []
+    session, _ = runner._attach_following(_Terminal(store.get("a-1")))  # detached by the user: nothing to follow
+    assert _Terminal.attached == ["a-1"] and session.record.id == "a-1"
