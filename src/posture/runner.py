@@ -308,6 +308,7 @@ def keeper_main(session_id: str, ready_fd: int | None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    live: LiveTriggers | None = None
     try:
         store = SessionStore()
         record = store.get(session_id)
@@ -318,14 +319,16 @@ def keeper_main(session_id: str, ready_fd: int | None) -> int:
         live = LiveTriggers(record, settings, profile, kept=True)
         spec = start_spec(record, settings, profile, live)
         _start(session, spec)
-        _watch(live, spec)
     except BaseException as exc:  # noqa: BLE001 - reported to the waiting CLI
+        if live is not None:
+            live.close()
         if ready_fd is not None:
             os.write(ready_fd, f"error: {exc}".encode())
         return 1
     if ready_fd is not None:
         os.write(ready_fd, b"ok")
         os.close(ready_fd)
+    _watch(live, spec)
     try:
         while not stopping:
             select.select([wake_r], [], [], 0.2)

@@ -224,9 +224,7 @@ def test_watcher_fires_on_a_new_mcp_server_and_clears_after_approval(user, make_
     repo = make_repo()
     m = _monitor(user, repo, "deny", kept=True)
     w = Watcher(m, agent_home=None, interval=3600)
-    w._sig = ()
-    w.start()
-    w.close()
+    w.baseline()
     assert m.judge(LS).decision == ALLOW
     (repo / ".mcp.json").write_text('{"mcpServers": {"new": {"command": "npx", "args": ["evil-server"]}}}')
     w.poll_once()

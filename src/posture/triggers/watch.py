@@ -58,10 +58,14 @@ class Watcher:
         self._sig: tuple[tuple[int, int] | None, ...] = ()
 
     def start(self) -> None:
-        """Take the baseline (what fires now is what the session started with) and start polling."""
+        """Start polling; the thread first takes the baseline (what fires now is what the session
+        started with), off the path that starts the session."""
+        self._thread.start()
+
+    def baseline(self) -> None:
+        """What fires now counts as what the session started with."""
         self._sig = signature(self.files)
         self._seen = {f.rule: f.evidence for f in self.evaluate()}
-        self._thread.start()
 
     def close(self) -> None:
         """Stop polling."""
@@ -101,6 +105,10 @@ class Watcher:
             self.monitor.cleared(detail)
 
     def _run(self) -> None:
+        try:
+            self.baseline()
+        except Exception:  # noqa: BLE001 - without a baseline, the first look reports what fires
+            self._sig = ()
         while not self._stop.wait(self.interval):
             try:
                 self.poll_once()
