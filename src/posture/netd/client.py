@@ -15,7 +15,7 @@ DEFAULT_SOCKET = "/run/posture/netd.sock"
 PROTOCOL = 1
 
 class NetdError(Exception):
-    """The helper answered with an error (`code`: unverified, denied, failed, busy)."""
+    """The helper answered with an error (`code`: unverified, denied, failed, busy, invalid, limit)."""
 
     def __init__(self, code: str, message: str) -> None:
         self.code = code
@@ -34,12 +34,18 @@ def request(path: str, obj: dict[str, Any], timeout: float = 15.0) -> dict[str, 
     """Send one request, return the answer; raise OSError if unreachable, NetdError on refusal."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
+    buf = b""
     try:
         sock.connect(path)
-        sock.sendall(json.dumps(obj).encode() + b"\n")
-        buf = b""
+        try:
+            sock.sendall(json.dumps(obj).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it read the request (a limit): its answer is waiting to be read
         while not buf.endswith(b"\n"):
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
             if not chunk:
                 break
             buf += chunk
@@ -49,7 +55,11 @@ def request(path: str, obj: dict[str, Any], timeout: float = 15.0) -> dict[str, 
         raise OSError(errno.ECONNRESET, "the network helper closed the connection")
     answer = json.loads(buf)
     if not answer.get("ok"):
-        raise NetdError(answer.get("code", "failed"), answer.get("error", "the network helper refused"))
+        code = answer.get("code", "failed")
+        error = answer.get("error", "the network helper refused")
+        if code == "limit":
+            error = f"the network helper refused: limit reached: {error}"
+        raise NetdError(code, error)
     return answer
 
 
