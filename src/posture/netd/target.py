@@ -33,12 +33,14 @@ def check(uid: int, pid: int, helper_netns: int) -> tuple[int, int]:
     try:
         try:
             uids = status_uids(pid)
+            if uid != 0 and any(u != uid for u in uids):
+                raise NetdError("denied", f"process {pid} does not belong to uid {uid}")
             netfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, ProcessLookupError):
             raise NetdError("denied", f"process {pid} has exited") from None
+        except PermissionError as exc:
+            raise NetdError("denied", f"process {pid}: {exc.strerror}") from None
         try:
-            if uid != 0 and any(u != uid for u in uids):
-                raise NetdError("denied", f"process {pid} does not belong to uid {uid}")
             netns = os.fstat(netfd).st_ino
             if netns == helper_netns:
                 raise NetdError("denied", f"process {pid} shares the helper's network namespace")
