@@ -237,9 +237,8 @@ class Server:
             del self.deadlines[conn]
             if conn.state == "reading":
                 what = "half a request" if conn.buf else "nothing"
-                self.sel.unregister(conn.sock)
-                conn.state = "writing"
-                _refuse(conn.sock, refusal("request_timeout", f"sent {what} within {self.limits.request_timeout:g} s", self.limits.request_timeout))
+                _send_once(conn.sock, refusal("request_timeout", f"sent {what} within {self.limits.request_timeout:g} s",
+                                              self.limits.request_timeout))
             self._close(conn)
 
     def _close(self, conn: Conn) -> None:
@@ -260,8 +259,8 @@ class Server:
         conn.out = b""
 
 
-def _refuse(sock: socket.socket, answer: Answer) -> None:
-    """Answer `sock` once without waiting (what it sent is read first, so closing does not reset it) and close it."""
+def _send_once(sock: socket.socket, answer: Answer) -> None:
+    """Answer `sock` without waiting (what it sent is read first, so closing it then does not reset it)."""
     try:
         sock.setblocking(False)
         try:
@@ -271,5 +270,11 @@ def _refuse(sock: socket.socket, answer: Answer) -> None:
         sock.send(json.dumps(answer).encode() + b"\n")
     except OSError:
         pass
+
+
+def _refuse(sock: socket.socket, answer: Answer) -> None:
+    """Answer `sock` once without waiting, and close it."""
+    try:
+        _send_once(sock, answer)
     finally:
         sock.close()
