@@ -24,7 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from l2env import L2, stop_netd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from l2env import L2, POSTURE, stop_netd
 
 from posture.netd import cgroups
 from posture.netd import client as netd
@@ -515,7 +517,51 @@ def test_refusals_name_the_limit_and_the_flag(l2: L2) -> None:
             pass
 
 
-def test_limit_flags_are_checked() -> None:
-    r = subprocess.run([sys.executable, "-m", "posture.netd", "--max-per-uid", "0"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 64 and "--max-per-uid must be a positive number" in r.stderr, r.stderr
-    assert Limits(max_per_uid=8, request_timeout=2.5).argv() == ["--max-per-uid", "8", "--request-timeout", "2.5"]
+def test_limit_flags_are_checked_and_passed_on() -> None:
+    from posture.netd import service
+
+    for argv in ([sys.executable, "-m", "posture.netd"], [POSTURE, "netd"]):
+        r = subprocess.run([*argv, "--max-per-uid", "0"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 64 and "--max-per-uid must be a positive number" in r.stderr, r.stderr
+    limits = Limits(max_per_uid=8, request_timeout=2.5)
+    assert limits.argv() == ["--max-per-uid", "8", "--request-timeout", "2.5"]
+    assert "-m posture.netd --socket /run/x.sock --max-per-uid 8 --request-timeout 2.5\n" in service._unit("/run/x.sock", limits)
+
+
+# ------------------------------------------------------------------ the pieces on their own
+def test_the_pool_is_fair_between_uids() -> None:
+    import threading
+
+    from posture.netd.workers import FairPool
+
+    pool = FairPool(WORKERS)
+    order: list[str] = []
+    gate = threading.Event()
+    try:
+        for i in range(20):  # one uid floods the pool with slow jobs ...
+            pool.submit(1000, lambda i=i: (gate.wait(5), order.append(f"a{i}")))
+        time.sleep(0.2)
+        done = threading.Event()
+        pool.submit(2000, lambda: (order.append("b"), done.set()))  # ... another uid's job still starts at once
+        assert done.wait(2), "the other uid's job waited behind the flood"
+        assert order == ["b"] and pool.pending() == 20 - WORKERS // 2
+        gate.set()
+    finally:
+        pool.stop()
+
+
+@given(st.recursive(st.none() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=6),
+                    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"\\', max_size=3), kids, max_size=3),
+                    max_leaves=12))
+@settings(max_examples=300, deadline=None)
+def test_depth_counts_the_nesting_json_text_has(value: object) -> None:
+    from posture.netd.requests import depth
+
+    def nesting(v: object) -> int:
+        if isinstance(v, list):
+            return 1 + max((nesting(x) for x in v), default=0)
+        if isinstance(v, dict):
+            return 1 + max((nesting(x) for x in v.values()), default=0)
+        return 0
+
+    assert depth(json.dumps(value).encode()) == nesting(value)

@@ -94,15 +94,23 @@ class Server:
                 kind, obj = key.data
                 if kind == "stop":
                     return
-                if kind == "listen":
-                    self._accept()
-                elif kind == "wake":
-                    self._wake()
-                elif kind == "watch":
-                    obj(key.fd)
-                elif kind == "conn" and obj in self.conns:
-                    self._readable(obj) if obj.state == "reading" else self._flush(obj)
+                try:
+                    self._event(kind, obj, key.fd)
+                except Exception as exc:  # noqa: BLE001 - one bad event must not end the helper
+                    self.log(f"loop: {kind} event failed: {exc!r}")
+                    if kind == "conn":
+                        self._close(obj)
             self._expire()
+
+    def _event(self, kind: str, obj: Any, fd: int) -> None:
+        if kind == "listen":
+            self._accept()
+        elif kind == "wake":
+            self._wake()
+        elif kind == "watch":
+            obj(fd)
+        elif kind == "conn" and obj in self.conns:
+            self._readable(obj) if obj.state == "reading" else self._flush(obj)
 
     def close(self) -> None:
         """Close every connection and the loop's own descriptors."""
@@ -199,8 +207,11 @@ class Server:
             self.pool.submit(conn.uid, lambda: self._work(conn, result))
 
     def _work(self, conn: Conn, job: Callable[[], Answer]) -> None:
-        """In a worker thread: run the job, hand its answer to the loop."""
-        answer = job()
+        """In a worker thread: run the job, hand its answer to the loop (always one, so the slot is freed)."""
+        try:
+            answer = job()
+        except BaseException as exc:  # noqa: BLE001 - the client still gets its one answer
+            answer = {"ok": False, "code": "failed", "error": f"network helper: {exc}"}
         self.call_soon(lambda: self._answer(conn, answer))
 
     def _answer(self, conn: Conn, answer: Answer) -> None:
