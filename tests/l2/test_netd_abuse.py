@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import pwd
+import resource
 import signal
 import socket
 import subprocess
@@ -90,7 +91,7 @@ if mode == "idle":
         conns.append(s)
     print(json.dumps({"opened": len(conns), "nofile": hard, "highest_fd": max(c.fileno() for c in conns)}), flush=True)
     sys.stdin.readline()
-    got = {"per_uid": 0, "timeout": 0, "other": [], "open": 0}
+    got = {"per_uid": 0, "timeout": 0, "descriptors": 0, "other": [], "open": 0}
     for s in conns:
         s.setblocking(False)
         try:
@@ -105,6 +106,8 @@ if mode == "idle":
             got["per_uid"] += 1
         elif "--request-timeout" in text:
             got["timeout"] += 1
+        elif "out of file descriptors" in text:
+            got["descriptors"] += 1
         else:
             got["other"].append(text[:200])
     print(json.dumps(got), flush=True)
@@ -120,6 +123,33 @@ elif mode == "raw":
     for t in threads:
         t.join()
     print(json.dumps(out), flush=True)
+elif mode == "churn":
+    until = time.monotonic() + float(sys.argv[3])
+    kids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            n = full = 0
+            pending = []
+            while time.monotonic() < until:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.setblocking(False)
+                try:
+                    s.connect(sock_path)
+                    n += 1
+                    pending.append(s)
+                except BlockingIOError:
+                    full += 1
+                    s.close()
+                if len(pending) >= 256:
+                    for p in pending:
+                        p.close()
+                    pending = []
+            os.write(1, (json.dumps({"connects": n, "full": full}) + "\n").encode())
+            os._exit(0)
+        kids.append(pid)
+    for pid in kids:
+        os.waitpid(pid, 0)
 elif mode == "sandboxes":
     own = os.stat("/proc/self/ns/net").st_ino
     procs = [subprocess.Popen(["unshare", "-Urn", "sleep", "300"]) for _ in range(int(sys.argv[3]))]
@@ -240,6 +270,7 @@ def _session(l2: L2, project: Path) -> float:
 def legitimate_session(l2: L2, baseline: float, name: str) -> float:
     """posture-test's real L2 session reaches the public host, within its normal time (plus slack for a busy box)."""
     took = _session(l2, l2.make_project(name))
+    print(f"{name}: legitimate session {took:.2f} s (baseline {baseline:.2f} s)")
     assert took < baseline * 2 + 10, f"the legitimate session took {took:.1f} s (normally {baseline:.1f} s)"
     return took
 
@@ -267,7 +298,7 @@ def test_thousands_of_idle_connections(l2: L2, baseline: float) -> None:
     finally:
         proc.kill()
         proc.wait()
-    assert got["open"] == 0 and got["other"] == [], got
+    assert got["open"] == 0 and got["other"] == [] and got["descriptors"] == 0, got
     assert got["per_uid"] + got["timeout"] == n and got["per_uid"] >= n - 2 * DEFAULTS.max_per_uid, got
     helper.check()
     assert helper.fds() <= helper.fds0 + 2
@@ -288,6 +319,20 @@ def test_half_sent_and_silent_connections_are_closed_at_their_deadline(l2: L2, b
     for r in results:
         assert r["closed"] and DEFAULTS.request_timeout - 0.5 < r["secs"] < DEFAULTS.request_timeout + 3, r
         assert r["answer"]["code"] == "limit" and "--request-timeout" in r["answer"]["error"], r
+    helper.check()
+
+
+def test_a_storm_of_connections_keeps_the_backlog_full(l2: L2, baseline: float) -> None:
+    helper = Helper(l2)
+    proc = abuser(l2.sock, "churn", "6")
+    time.sleep(0.5)
+    legitimate_session(l2, baseline, "abuse-churn")
+    helper.check()
+    assert proc.stdout is not None
+    counts = [json.loads(line) for line in proc.stdout.read().splitlines()]
+    proc.wait(timeout=10)
+    print(f"storm: {counts}")
+    assert len(counts) == 2 and sum(c["connects"] for c in counts) > 2000, counts
     helper.check()
 
 
@@ -433,13 +478,14 @@ def test_a_flood_of_attach_requests(l2: L2, baseline: float) -> None:
 
 
 # ------------------------------------------------------------------ refusals at small limits
-def _start_small(l2: L2, *flags: str) -> tuple[subprocess.Popen, str, str]:
+def _start_small(l2: L2, *flags: str, nofile: int = 0) -> tuple[subprocess.Popen, str, str]:
     """A second helper in the test network with small limits, its own socket, cgroup and table."""
     rundir = Path(l2.sock).parent
     sock, base, table = str(rundir / "small.sock"), f"{l2.base}-small", f"{l2.table}_small"
     log = open(rundir / "small.log", "ab")
+    cap = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
     proc = subprocess.Popen(["nsenter", f"--net={l2.net.gw_path}", sys.executable, "-m", "posture.netd", "--socket", sock,
-                             "--cgroup", base, "--table", table, *flags], stdout=log, stderr=log)
+                             "--cgroup", base, "--table", table, *flags], stdout=log, stderr=log, preexec_fn=cap)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -487,7 +533,7 @@ def test_refusals_name_the_limit_and_the_flag(l2: L2) -> None:
         idle.stdin.write("report\n")
         idle.stdin.flush()
         got = json.loads(idle.stdout.readline())
-        assert got == {"per_uid": 0, "timeout": 2, "other": [], "open": 0}, got
+        assert got == {"per_uid": 0, "timeout": 2, "descriptors": 0, "other": [], "open": 0}, got
         idle.wait(timeout=10)
         assert netd.request(sock, {"op": "status"})["ok"]
 
@@ -510,6 +556,33 @@ def test_refusals_name_the_limit_and_the_flag(l2: L2) -> None:
     finally:
         for s in held:
             s.close()
+        stop_netd(proc)
+        try:
+            cgroups.remove(base)
+        except OSError:
+            pass
+
+
+def test_out_of_descriptors_the_helper_sheds_and_recovers(l2: L2) -> None:
+    proc, sock, base = _start_small(l2, "--request-timeout", "2", nofile=48)
+    try:
+        idle = abuser(sock, "idle", "60")
+        assert idle.stdout is not None and idle.stdin is not None
+        assert json.loads(idle.stdout.readline())["opened"] == 60
+        time.sleep(0.3)
+        with pytest.raises(netd.NetdError) as exc:
+            netd.request(sock, {"op": "status"})
+        assert exc.value.code == "limit" and "out of file descriptors" in str(exc.value), exc.value
+        time.sleep(2.5)
+        idle.stdin.write("report\n")
+        idle.stdin.flush()
+        got = json.loads(idle.stdout.readline())
+        idle.wait(timeout=10)
+        assert got["open"] == 0 and got["other"] == [] and got["descriptors"] > 0 and got["timeout"] > 0, got
+        assert got["descriptors"] + got["timeout"] == 60, got
+        assert netd.request(sock, {"op": "status"})["verified"]
+        assert proc.poll() is None
+    finally:
         stop_netd(proc)
         try:
             cgroups.remove(base)

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import socket
+import struct
 from typing import Any
 
 DEFAULT_SOCKET = "/run/posture/netd.sock"
@@ -36,7 +37,7 @@ def request(path: str, obj: dict[str, Any], timeout: float = 15.0) -> dict[str, 
     sock.settimeout(timeout)
     buf = b""
     try:
-        sock.connect(path)
+        _connect(sock, path, timeout)
         try:
             sock.sendall(json.dumps(obj).encode() + b"\n")
         except (BrokenPipeError, ConnectionResetError):
@@ -63,12 +64,24 @@ def request(path: str, obj: dict[str, Any], timeout: float = 15.0) -> dict[str, 
     return answer
 
 
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """Connect, waiting in the kernel's queue (up to `timeout`) while the helper's backlog is full."""
+    sock.settimeout(None)  # a blocking connect with SO_SNDTIMEO waits its turn; a non-blocking one fails at once
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(timeout), int(timeout % 1 * 1e6)))
+    try:
+        sock.connect(path)
+    except BlockingIOError:
+        raise OSError(errno.EAGAIN, f"the network helper's backlog stayed full for {timeout:g} s") from None
+    finally:
+        sock.settimeout(timeout)
+
+
 def notify(path: str, obj: dict[str, Any]) -> None:
     """Send one request without waiting for the answer (the helper acts on it all the same)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(2.0)
     try:
-        sock.connect(path)
+        _connect(sock, path, 2.0)
         sock.sendall(json.dumps(obj).encode() + b"\n")
     finally:
         sock.close()

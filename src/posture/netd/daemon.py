@@ -415,7 +415,7 @@ class Daemon:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         listener.bind(str(path))
         os.chmod(path, 0o666)
-        listener.listen(512)
+        listener.listen(4096)  # the kernel caps it at net.core.somaxconn
         if pidfile:
             Path(pidfile).write_text(f"{os.getpid()}\n")
         stop_r, stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)

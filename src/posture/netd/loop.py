@@ -94,6 +94,8 @@ class Server:
                 kind, obj = key.data
                 if kind == "stop":
                     return
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue  # unwatched (or closed) by an earlier event of this batch; its number may be reused
                 try:
                     self._event(kind, obj, key.fd)
                 except Exception as exc:  # noqa: BLE001 - one bad event must not end the helper
