@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import pwd
+import re
 import resource
 import signal
 import socket
@@ -260,11 +261,29 @@ def baseline(l2: L2) -> float:
 
 def _session(l2: L2, project: Path) -> float:
     reach = f"import socket; s=socket.create_connection(('{PUBLIC}', {PORT}), timeout=5); print(s.recv(64).decode())"
-    started = time.monotonic()
-    r = l2.posture("exec", str(project), "--level", "l2", "--profile", "shell", "--", "python3", "-c", reach, timeout=60)
-    took = time.monotonic() - started
+    for attempt in range(2):
+        started = time.monotonic()
+        r = l2.posture("exec", str(project), "--level", "l2", "--profile", "shell", "--", "python3", "-c", reach, timeout=60)
+        took = time.monotonic() - started
+        if attempt == 0 and r.returncode == 69 and _bwrap_loopback_race(l2, r.stderr):
+            # A race inside bwrap 0.8 (not the helper): about one sandbox in 50 dies setting up its own
+            # loopback ("loopback: Failed RTM_NEWADDR: No child processes"), with or without abuse. Once more.
+            print("bwrap's loopback set-up failed (a known race outside the helper); running the session again")
+            continue
+        break
     assert r.returncode == 0 and f"hello from {PUBLIC}" in r.stdout, (r.returncode, r.stdout, r.stderr)
     return took
+
+
+def _bwrap_loopback_race(l2: L2, stderr: str) -> bool:
+    found = re.search(r"session (\S+)'s sandbox is not running", stderr)
+    if not found:
+        return False
+    log = Path(f"/tmp/posture-{l2.uid}") / found.group(1) / "bwrap.log"
+    try:
+        return "loopback: Failed RTM_NEWADDR" in log.read_text()
+    except OSError:
+        return False
 
 
 def legitimate_session(l2: L2, baseline: float, name: str) -> float:
