@@ -42,128 +42,7 @@ DEFAULTS = Limits()
 MAX_THREADS = 2 + WORKERS * 3  # the loop, the launcher filler, and per worker its attach's two helpers
 TEST_BOUND = 60  # seconds any one test here may take
 
-# The abuser's program (run as `nobody`). Modes:
-#   idle N        open N connections and send nothing; on "report" say what each got
-#   raw           send each payload (base64, JSON list on stdin) on its own connection, all at once
-#   sandboxes K   start K sandboxes (unshare -Urn sleep), print their pids; on "stop" end them
-ABUSE = r"""
-import base64, json, os, resource, select, socket, subprocess, sys, threading, time
-sock_path, mode = sys.argv[1], sys.argv[2]
-
-def exchange(payload, wait):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    started = time.monotonic()
-    try:
-        s.connect(sock_path)  # blocking: a full backlog makes a non-blocking unix connect fail with EAGAIN
-        s.settimeout(wait)
-        try:
-            s.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        buf = b""
-        while b"\n" not in buf:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-        closed = False
-        try:
-            closed = s.recv(1) == b""
-        except (ConnectionResetError, socket.timeout):
-            closed = True
-        line = buf.split(b"\n")[0]
-        return {"answer": json.loads(line) if line else None, "closed": closed, "secs": time.monotonic() - started}
-    except socket.timeout:
-        return {"answer": None, "closed": False, "timeout": True, "secs": time.monotonic() - started}
-    finally:
-        s.close()
-
-if mode == "idle":
-    n = int(sys.argv[3])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    conns = []
-    for _ in range(n):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(sock_path)
-        conns.append(s)
-    print(json.dumps({"opened": len(conns), "nofile": hard, "highest_fd": max(c.fileno() for c in conns)}), flush=True)
-    sys.stdin.readline()
-    got = {"per_uid": 0, "timeout": 0, "descriptors": 0, "other": [], "open": 0}
-    for s in conns:
-        s.setblocking(False)
-        try:
-            data = s.recv(65536)
-        except BlockingIOError:
-            got["open"] += 1
-            continue
-        except ConnectionResetError:
-            data = b""
-        text = data.decode(errors="replace")
-        if "--max-per-uid" in text:
-            got["per_uid"] += 1
-        elif "--request-timeout" in text:
-            got["timeout"] += 1
-        elif "out of file descriptors" in text:
-            got["descriptors"] += 1
-        else:
-            got["other"].append(text[:200])
-    print(json.dumps(got), flush=True)
-elif mode == "raw":
-    payloads = [base64.b64decode(p) for p in json.loads(sys.stdin.read())]
-    wait = float(sys.argv[3])
-    out = [None] * len(payloads)
-    def one(i):
-        out[i] = exchange(payloads[i], wait)
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(payloads))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps(out), flush=True)
-elif mode == "churn":
-    until = time.monotonic() + float(sys.argv[3])
-    kids = []
-    for _ in range(2):
-        pid = os.fork()
-        if pid == 0:
-            n = full = 0
-            pending = []
-            while time.monotonic() < until:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.setblocking(False)
-                try:
-                    s.connect(sock_path)
-                    n += 1
-                    pending.append(s)
-                except BlockingIOError:
-                    full += 1
-                    s.close()
-                if len(pending) >= 256:
-                    for p in pending:
-                        p.close()
-                    pending = []
-            os.write(1, (json.dumps({"connects": n, "full": full}) + "\n").encode())
-            os._exit(0)
-        kids.append(pid)
-    for pid in kids:
-        os.waitpid(pid, 0)
-elif mode == "sandboxes":
-    own = os.stat("/proc/self/ns/net").st_ino
-    procs = [subprocess.Popen(["unshare", "-Urn", "sleep", "300"]) for _ in range(int(sys.argv[3]))]
-    deadline = time.monotonic() + 20
-    for p in procs:
-        while os.stat(f"/proc/{p.pid}/ns/net").st_ino == own and time.monotonic() < deadline:
-            time.sleep(0.01)
-    print(json.dumps([p.pid for p in procs]), flush=True)
-    sys.stdin.readline()
-    for p in procs:
-        p.kill()
-        p.wait()
-"""
+ABUSER_PROGRAM = str(Path(__file__).with_name("netd_abuser.py"))  # readable by everyone, run as ABUSER
 
 
 # ------------------------------------------------------------------ helpers
@@ -184,7 +63,7 @@ def bounded() -> Iterator[None]:
 
 def abuser(sock: str, *args: str) -> subprocess.Popen[str]:
     """The abuser's program, running as the ordinary user `nobody`."""
-    return subprocess.Popen(["runuser", "-u", ABUSER, "--", sys.executable, "-I", "-c", ABUSE, sock, *args],
+    return subprocess.Popen(["runuser", "-u", ABUSER, "--", sys.executable, "-I", ABUSER_PROGRAM, sock, *args],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -316,6 +195,7 @@ def test_thousands_of_idle_connections(l2: L2, baseline: float) -> None:
         assert opened["highest_fd"] > 1024  # the descriptor numbers select() could not watch
         # the helper holds at most the abuser's share, and serves everyone else
         assert helper.fds() <= helper.fds0 + DEFAULTS.max_per_uid + 8, helper.fds()
+        print(f"idle: helper fds {helper.fds0} -> {helper.fds()}, threads {helper.threads()}, rss {rss0} -> {helper.rss_kib()} KiB")
         legitimate_session(l2, baseline, "abuse-idle")
         helper.check()
         # the idle ones are closed at their deadline, each told why
