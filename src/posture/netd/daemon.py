@@ -27,7 +27,6 @@ Protocol: one JSON object per line each way over a unix socket (mode 0666).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import resource
 import signal
@@ -75,35 +74,6 @@ class Attached:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def _resolvers(path: str = "/etc/resolv.conf") -> list[str]:
-    out = []
-    try:
-        for line in Path(path).read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "nameserver":
-                try:
-                    out.append(str(ipaddress.ip_address(parts[1].split("%")[0])))
-                except ValueError:
-                    continue
-    except OSError:
-        pass
-    return out
-
-
-def _private_cgroup_mount() -> None:
-    """Under `ip netns exec` /sys is a fresh sysfs without cgroups: mount cgroup2 in a private mount ns."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-    if libc.mount(None, b"/", None, 0x4000 | 0x40000, None) != 0:  # MS_REC | MS_PRIVATE
-        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
-    os.makedirs("/sys/fs/cgroup", exist_ok=True)
-    if libc.mount(b"cgroup2", b"/sys/fs/cgroup", b"cgroup2", 0, None) != 0:
-        raise OSError(ctypes.get_errno(), "mount -t cgroup2 none /sys/fs/cgroup")
-
-
 class Daemon:
     """The helper's state: its cgroups, its table and the attached sandboxes."""
 
@@ -118,7 +88,7 @@ class Daemon:
         limits = limits or Limits()
         mount = cgroups.v2_mount()
         if mount is None:
-            _private_cgroup_mount()
+            cgroups.private_mount()
             mount = cgroups.require_v2()
         self.mount = mount
         self.base = (base or self._default_base()).strip("/")
@@ -164,7 +134,7 @@ class Daemon:
                         child.rmdir()
                     except OSError:
                         pass
-        text = nft.ruleset(self.table, self.cg.nft_path(self.net, self.mount), self.cg.level(self.net), self.blocked, _resolvers())
+        text = nft.ruleset(self.table, self.cg.nft_path(self.net, self.mount), self.cg.level(self.net), self.blocked, nft.resolvers())
         with self.nft_lock:
             nft.load(text)
         _log(f"loaded table inet {self.table} for cgroup {self.net} (id {self.cg.cgroup_id(self.net, self.mount)}, level {self.cg.level(self.net)})")
