@@ -21,6 +21,7 @@ Module import stays light: it runs on every CLI start.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ INFO_TIMEOUT = 10.0
 # The agent is imported rather than run as a script, so Python uses its compiled .pyc from the
 # package (a script is compiled from source on every start: a few ms before the first command).
 AGENT_MAIN = f"import sys; sys.path.insert(0, {AGENT_DIR_INSIDE!r}); import agent; sys.exit(agent.main())"
+
+
+class _SetupRace(Exception):
+    """bwrap died setting up a sandbox that never ran anything (worth one fresh try)."""
 
 
 class BwrapSession(Session):
@@ -69,7 +74,19 @@ class BwrapSession(Session):
 
     # -------------------------------------------------------------- start
     def start(self, spec: StartSpec) -> None:
-        """Start bwrap with the agent, attach its network through netd (fail closed), record how to reach it."""
+        """Start bwrap with the agent, attach its network through netd (fail closed), record how to reach it.
+
+        bwrap 0.8 sometimes dies setting up the sandbox's own loopback ("loopback: Failed RTM_NEWADDR";
+        about one start in a hundred on a busy machine, with or without posture's helper): such a
+        sandbox never ran a command, and one fresh sandbox is started in its place."""
+        try:
+            self._start_once(spec)
+        except _SetupRace as first:
+            self.stop()
+            print(f"posture: {first}; starting a fresh sandbox", file=sys.stderr, flush=True)
+            self._start_once(spec)
+
+    def _start_once(self, spec: StartSpec) -> None:
         import json
         import select
         import socket
@@ -179,6 +196,28 @@ class BwrapSession(Session):
             ) from None
         self.data["box"] = answer["box"]
         self.data["slirp_pid"] = answer.get("slirp_pid")
+        self._until_agent_runs(child, runtime)
+
+    def _until_agent_runs(self, child: int, runtime: Path) -> None:
+        """Wait until the sandbox's init has started the exec agent (set-up is over), or bwrap died."""
+        import time
+
+        from ..errors import Unavailable
+
+        deadline = time.monotonic() + INFO_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = (runtime / "bwrap.log").read_text(errors="replace").strip()
+                self._abort(child)
+                if "loopback: Failed" in err:
+                    raise _SetupRace(f"bwrap failed setting up the sandbox's loopback ({err.splitlines()[-1]})")
+                raise Unavailable(f"the sandbox exited during its set-up: {err or 'no message'}", fix=f"see {runtime / 'bwrap.log'}")
+            try:
+                if Path(f"/proc/{child}/task/{child}/children").read_text().strip():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.001)
 
     def _gateway_door(self, view: Any, runtime: Path) -> tuple[list[str], list[str]]:
         """Start the session's gateway (when the profile has credentials here) and return the bwrap
