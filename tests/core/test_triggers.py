@@ -297,3 +297,12 @@ def test_an_attached_terminal_follows_the_session_up(user, make_repo, monkeypatc
     _Terminal.attached = []
     session, _ = runner._attach_following(_Terminal(store.get("a-1")))  # detached by the user: nothing to follow
     assert _Terminal.attached == ["a-1"] and session.record.id == "a-1"
+
+
+@pytest.mark.parametrize("command", ["CLAUDE_CODE_SIMPLE=1 claude -p x", "env CLAUDE_CODE_SAFE_MODE=1 claude", "claude --bare -p x",
+                                     "echo '{\"disableAllHooks\": true}' > ~/.claude/settings.json"])
+def test_a_command_that_switches_the_hook_off_is_refused_even_in_log_mode(user, make_repo, command: str) -> None:
+    m = _monitor(user, make_repo(), "log", kept=True)
+    verdict = m.judge(Event(kind=TOOL_CALL, tool_name="Bash", tool_input={"command": command}))
+    assert verdict.decision == DENY and "switched off" in verdict.reason
+    assert _log(m.record_.id)[-1]["rule"] == "hook_bypass"

@@ -28,6 +28,17 @@ from ..session import SessionRecord, session_runtime_dir
 from . import record
 
 
+HOOK_SWITCHES = ("CLAUDE_CODE_SIMPLE", "CLAUDE_CODE_SAFE_MODE", "--bare", "disableAllHooks")
+
+
+def hook_switch(event: Event) -> str | None:
+    """The switch that would turn Claude Code's hooks off, if a Bash command names one."""
+    if event.tool_name != "Bash":
+        return None
+    command = str(event.tool_input.get("command", ""))
+    return next((s for s in HOOK_SWITCHES if s in command), None)
+
+
 def _what_to_do(fired: list[Fired], session_id: str, target: str) -> str:
     hints = []
     for f in fired:
@@ -78,6 +89,10 @@ class Monitor:
         with self._lock:
             if self.latched:
                 return Verdict(DENY, self.latched)
+            switch = hook_switch(event)
+            if switch:
+                record.trigger(self.record_.id, self.level, "hook_bypass", f"the command names {switch}", event.describe(), "denied", None)
+                return Verdict(DENY, f"posture: this command would run an agent with posture's live triggers switched off ({switch}); it is refused")
             fired = self.fired(event)
             if not fired:
                 return Verdict(ALLOW)
