@@ -11,7 +11,7 @@ import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import envpolicy, gitutil, netpolicy, paths
+from . import envpolicy, gitutil, netpolicy, paths, toolchains
 from .config import Settings
 from .envpolicy import EnvDecision
 from .errors import UsageError
@@ -66,6 +66,7 @@ class View:
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     cwd: str = ""
     state_dir: str = ""  # this project's agent state on the host (never inside another project's view)
+    toolchains: toolchains.Toolchains = field(default_factory=toolchains.Toolchains)  # PATH trees, links, masks
 
     def host_paths(self) -> list[str]:
         """Every host path this view exposes (for audits and tests)."""
@@ -157,23 +158,26 @@ def build_view(
                 binds.append(Bind(str(base), str(base), writable=True))
             protected += [str(base / "hooks"), str(base / "config"), str(base / "info")]
     denied = [str(project / rel) for rel in settings.deny_paths]
+    host = dict(os.environ if host_env is None else host_env)
+    system = [p for p in (*SYSTEM_RO, *ETC_RO) if os.path.lexists(p)]
+    tools = toolchains.for_settings(settings, host, home, system)
+    binds += [Bind(t.path, t.path, writable=False) for t in tools.trees]
 
     fixed = {
         "HOME": home,
         "USER": user,
         "LOGNAME": user,
         "SHELL": "/bin/bash",
-        "PATH": envpolicy.SANDBOX_PATH,
+        "PATH": envpolicy.inside_path(tools.path),
         "POSTURE_LEVEL": level,
         "POSTURE_SESSION": session,
     }
     env = envpolicy.build_env(
-        dict(os.environ if host_env is None else host_env),
+        host,
         allow=[*profile.env_pass, *profile.env_secrets, *settings.env_pass],
         drop=settings.env_drop,
         fixed=fixed,
     )
-    system = [p for p in (*SYSTEM_RO, *ETC_RO) if os.path.lexists(p)]
     return View(
         session=session,
         level=level,
@@ -191,4 +195,5 @@ def build_view(
         network=netpolicy.policy_for(settings.network_block),
         cwd=str(project),
         state_dir=str(agent_state_dir(project, profile)),
+        toolchains=tools,
     )
