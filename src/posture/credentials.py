@@ -20,7 +20,6 @@ HOME_FILES: tuple[str, ...] = (
     ".config/hub", ".gem/credentials", ".m2/settings.xml", ".m2/settings-security.xml",
     ".gradle/gradle.properties", ".config/pip/pip.conf", ".pip/pip.conf", ".config/nix/nix.conf",
     ".config/git/credentials", ".terraformrc", ".terraform.d/credentials.tfrc.json", ".vault-token",
-    ".claude/.credentials.json", ".codex/auth.json",
 )
 HOME_DIRS: tuple[str, ...] = (
     ".ssh", ".aws", ".gnupg", ".kube", ".password-store", ".azure", ".config/gcloud", ".config/tailscale",

@@ -406,7 +406,8 @@ def require(command: str, tc: Toolchains, system: Sequence[str], extra_ro: Seque
     host = ""
     if on_host:
         real = os.path.realpath(on_host)
-        why = next((x.why for x in tc.left_out if _under(real, x.path) or _under(on_host, x.path)), "its install tree is not in the view")
+        hits = sorted((x for x in tc.left_out if _under(real, x.path) or _under(on_host, x.path)), key=lambda x: -len(x.path))
+        why = hits[0].why if hits else "its install tree is not in the view"
         host = f"; on your PATH it is {on_host} ({why})"
     return _raise(command, where, host, on_host)
 

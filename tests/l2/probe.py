@@ -2,7 +2,8 @@
 
 Standard library only (it runs on the system python3 inside the sandbox). Usage:
     python3 probe.py '<json config>'
-Config keys: canary, secret, home, project, creds (paths), unix (host socket paths),
+Config keys: canary, secret, home, project, creds (paths: posture's one credential list,
+src/posture/credentials.py, as planted by l2env.CREDS; the probe cannot import posture), unix (host socket paths),
 abstract (abstract socket names), blocked (addr list), blocked_ports (addr:port list),
 public (addr list), port. Every check records what happened; the test decides.
 """
