@@ -12,8 +12,8 @@ import json
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import layouts
 import pytest
@@ -46,8 +46,7 @@ def _user_path(l2: L2, lay: layouts.Layouts) -> str:
 
 def _project(l2: L2, name: str) -> Path:
     project = l2.make_project(name)
-    for f in ("probe.py", "tc_inside.py"):
-        shutil.copy(HERE / f, project / f)
+    shutil.copy(HERE / "tc_inside.py", project / "tc_inside.py")
     subprocess.run(["chown", "-R", f"{l2.uid}:{l2.gid}", str(project)], check=True)
     return project
 

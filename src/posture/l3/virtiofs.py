@@ -108,7 +108,7 @@ def plan(view: View, stage: Path, network: bool, agent: GuestAgent, stall: bool 
         if not any(_under(mp, s) for s in view.system_ro):
             ops.append({"op": "touch" if mp in files else "mkdir", "path": root + mp})
     tc = view.toolchains
-    late_links = [(p, t) for p, t in tc.links if _under(p, view.home) or _under(p, "/run") or _under(p, "/tmp")]
+    late_links = [(lp, lt) for lp, lt in tc.links if _under(lp, view.home) or _under(lp, "/run") or _under(lp, "/tmp")]
     for path, target in tc.links:  # links outside the guest's own tmpfs mounts live in the root share
         if (path, target) not in late_links and not any(_under(path, s) for s in view.system_ro):
             ops.append({"op": "symlink", "path": root + path, "target": target})

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Added start-up time of the user's toolchains: median wall time of `posture exec --level l2 -- true`
+with a PATH of twelve entries (home layouts and a Nix profile, tests/l2/layouts.py) side by side
+with today's plain PATH (/usr/local/bin:/usr/bin:/bin), same user, same home, interleaved.
+
+Run as root (it starts `posture netd` in a network namespace of its own, and builds the fake
+Nix store at /nix/store, removed afterwards); the commands run as an ordinary user.
+
+    bench/l2_path.py [--runs 20] [--user posture-test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "l2"))
+import layouts  # noqa: E402
+
+POSTURE = os.environ.get("POSTURE_BIN") or ("/usr/local/bin/posture" if os.access("/usr/local/bin/posture", os.X_OK) else (shutil.which("posture") or "posture"))
+PLAIN = "/usr/local/bin:/usr/bin:/bin"
+LAYOUTS = ("native", "npm", "nvm", "fnm", "cargo", "go", "nix")  # 9 entries + /usr/local/bin:/usr/bin:/bin = 12
+
+
+def timed(argv: list[str], cwd: str) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[-8:])} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-800:]}")
+    return elapsed
+
+
+def start_netd(ns: str, rundir: Path, sock: str, base: str, table: str) -> subprocess.Popen:
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+    rundir.mkdir(mode=0o755)
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "posture.netd", "--socket", sock, "--cgroup", base, "--table", table],
+        stdout=subprocess.DEVNULL, stderr=open(rundir / "netd.log", "wb"),
+    )
+    from posture.netd import client as netd_client
+
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if netd_client.request(sock, {"op": "status"}, timeout=2).get("verified"):
+                return proc
+        except (OSError, ValueError, netd_client.NetdError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"posture netd did not come up: {(rundir / 'netd.log').read_text()[-800:]}")
+        time.sleep(0.05)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--user", default="posture-test")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/l2_path.py: run as root (the network helper, the fake Nix store)")
+    pw = pwd.getpwnam(args.user)
+    tag = uuid.uuid4().hex[:6]
+    ns, rundir = f"ppath{tag}", Path(f"/run/posture-bench-{tag}")
+    sock, base, table = str(rundir / "netd.sock"), f"posture-bench-{tag}", f"posture_bench_{tag}"
+    workdir = Path(tempfile.mkdtemp(prefix="posture-bench-", dir=pw.pw_dir))
+    home, project = workdir / "home", workdir / "home" / "project"
+    netd, lay = None, None
+    try:
+        netd = start_netd(ns, rundir, sock, base, table)
+        project.mkdir(parents=True)
+        subprocess.run(["git", "init", "-q", str(project)], check=True)
+        lay = layouts.build(home, args.user, "BENCH-NOT-A-SECRET", tag, only=LAYOUTS)
+        subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(workdir)], check=True)
+        if len(lay.path) != 12:
+            raise SystemExit(f"expected a PATH of 12 entries, built {len(lay.path)}: {lay.path_value()}")
+        env = {"HOME": str(home), "USER": args.user, "LANG": "C.UTF-8", "POSTURE_NETD_SOCKET": sock,
+               "XDG_STATE_HOME": str(workdir / "state"), "XDG_CONFIG_HOME": str(workdir / "config")}
+
+        def argv(path: str) -> list[str]:
+            pairs = [f"{k}={v}" for k, v in {**env, "PATH": path}.items()]
+            return ["runuser", "-u", args.user, "--", "env", "-i", *pairs, POSTURE, "exec", str(project), "--level", "l2", "--profile", "shell", "--", "true"]
+
+        commands = {"plain PATH (3 entries)": argv(PLAIN), "user PATH (12 entries, Nix profile)": argv(lay.path_value())}
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for i in range(args.runs + 2):
+            for name, cmd in commands.items():
+                t = timed(cmd, str(project))
+                if i >= 2:  # two warm-up rounds
+                    times[name].append(t)
+        med = {name: statistics.median(v) for name, v in times.items()}
+        plain, user = med["plain PATH (3 entries)"], med["user PATH (12 entries, Nix profile)"]
+        print(f"median of {args.runs} runs each, interleaved, as user {args.user}, on {os.uname().nodename} ({os.cpu_count()} cpus)")
+        for name, t in med.items():
+            print(f"  {name:38} {1000 * t:7.1f} ms")
+        print(f"  added by the toolchains: {1000 * (user - plain):+.1f} ms   (target <= +10 ms)")
+        return 0
+    finally:
+        if lay is not None:
+            lay.remove()
+        if netd is not None and netd.poll() is None:
+            netd.send_signal(signal.SIGTERM)
+            try:
+                netd.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                netd.kill()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        shutil.rmtree(rundir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
