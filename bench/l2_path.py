@@ -33,6 +33,23 @@ PLAIN = "/usr/local/bin:/usr/bin:/bin"
 LAYOUTS = ("native", "npm", "nvm", "fnm", "cargo", "go", "nix")  # 9 entries + /usr/local/bin:/usr/bin:/bin = 12
 
 
+# Printed as the user: the median time build_view takes with each PATH, in-process (the part this adds).
+VIEW_TIME = r"""
+import json, os, statistics, sys, time
+from pathlib import Path
+from posture import plugins, profiles, view as viewmod
+project = Path(sys.argv[1]); settings = plugins.load_settings(project); prof = profiles.load("shell")
+out = {}
+for name, path in json.loads(sys.argv[2]).items():
+    env = {**os.environ, "PATH": path}
+    t = []
+    for _ in range(60):
+        s = time.perf_counter(); viewmod.build_view(project, prof, settings, "bench", "l2", host_env=env); t.append(time.perf_counter() - s)
+    out[name] = statistics.median(t[10:])
+print(json.dumps(out))
+"""
+
+
 def timed(argv: list[str], cwd: str) -> float:
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -106,6 +123,16 @@ def main() -> int:
         for name, t in med.items():
             print(f"  {name:38} {1000 * t:7.1f} ms")
         print(f"  added by the toolchains: {1000 * (user - plain):+.1f} ms   (target <= +10 ms)")
+        import json
+
+        venv_python = Path(os.path.realpath(POSTURE)).parent / "python"
+        as_user = ["runuser", "-u", args.user, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()]]
+        paths = dict(zip(commands, (PLAIN, lay.path_value())))
+        views = json.loads(subprocess.run([*as_user, str(venv_python), "-c", VIEW_TIME, str(project), json.dumps(paths)], cwd=project,
+                                          capture_output=True, text=True, check=True).stdout)
+        print("  build_view alone (in-process, median of 50):")
+        for name, t in views.items():
+            print(f"    {name:36} {1000 * t:7.2f} ms")
         return 0
     finally:
         if lay is not None:

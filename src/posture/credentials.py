@@ -59,7 +59,8 @@ def in_tree(tree: str, home: str, depth: int = 3) -> list[str]:
     prefixes of version managers, e.g. `~/.volta/tools/image/node/<v>/etc/npmrc`).
     """
     prefix = tree.rstrip("/") + "/"
-    found = [p for p in _home_paths(home) if p.startswith(prefix) and os.path.lexists(p)]
+    below_home = prefix.startswith(home.rstrip("/") + "/")
+    found = [p for p in _home_paths(home) if p.startswith(prefix) and os.path.lexists(p)] if below_home else []
     if not os.path.isdir(tree) or os.path.islink(tree):
         return found
     base, name = os.path.split(tree.rstrip("/"))
@@ -90,7 +91,7 @@ def in_tree(tree: str, home: str, depth: int = 3) -> list[str]:
 
 def is_credential(path: str, home: str) -> bool:
     """True when `path` is, or lies inside, a listed credential (home-relative, or under a credential dir name)."""
-    if any(_under(path, p) for p in _home_paths(home)):
+    if path.startswith(home.rstrip("/") + "/") and any(_under(path, p) for p in _home_paths(home)):
         return True
     parts = path.split("/")
     return any(name in parts for name in DIR_NAMES) or any(path.endswith("/" + rel) for rel in PREFIX_FILES)

@@ -16,6 +16,8 @@ bound tree holds (credentials.py) are masked.
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -84,32 +86,50 @@ def _under_any(path: str, parents: Iterable[str]) -> bool:
     return any(_under(path, p) for p in parents)
 
 
-def chain(path: str, start: str = "/") -> tuple[str | None, list[tuple[str, str]]]:
+_MISSING = "\0missing"
+
+
+def _readlink(path: str, memo: dict[str, str] | None) -> str:
+    """The link's target, "" for an existing non-link, _MISSING when absent (memoised per resolve)."""
+    if memo is not None and path in memo:
+        return memo[path]
+    try:
+        found = os.readlink(path)
+    except OSError as exc:
+        found = "" if exc.errno == errno.EINVAL else _MISSING
+    if memo is not None:
+        memo[path] = found
+    return found
+
+
+def chain(path: str, start: str = "/", memo: dict[str, str] | None = None) -> tuple[str | None, list[tuple[str, str]]]:
     """Follow every symlink of `path` (relative to `start`), hop by hop: (real path or None, links met)."""
     links: list[tuple[str, str]] = []
     todo = [p for p in path.split("/") if p]
+    todo.reverse()
     cur = start if not path.startswith("/") else "/"
     hops = 0
     while todo:
-        name = todo.pop(0)
+        name = todo.pop()
         if name == ".":
             continue
         if name == "..":
             cur = os.path.dirname(cur) or "/"
             continue
-        nxt = os.path.join(cur, name)
-        try:
-            target = os.readlink(nxt)
-        except OSError:
-            if not os.path.lexists(nxt):
-                return None, links
+        nxt = cur + name if cur.endswith("/") else cur + "/" + name
+        target = _readlink(nxt, memo)
+        if target == _MISSING:
+            return None, links
+        if not target:
             cur = nxt
             continue
         hops += 1
         if hops > MAX_HOPS:
             return None, links
         links.append((nxt, target))
-        todo = [p for p in target.split("/") if p] + todo
+        more = [p for p in target.split("/") if p]
+        more.reverse()
+        todo += more
         if target.startswith("/"):
             cur = "/"
     return cur, links
@@ -205,18 +225,23 @@ def _shebang(path: str) -> str | None:
     return os.fsdecode(words[0])
 
 
+@functools.lru_cache(maxsize=4)
+def _split_links(paths: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    return [p for p in paths if not os.path.islink(p)], [p for p in paths if os.path.islink(p)]
+
+
 class _Resolver:
     def __init__(self, home: str, system: Sequence[str], extra_ro: Sequence[str], drop: Sequence[str],
                  owned: Sequence[str], env: dict[str, str]) -> None:
         self.home, self.env = home.rstrip("/") or "/", env
-        self.system = [p for p in system if not os.path.islink(p)]
-        self.system_links = [p for p in system if os.path.islink(p)]
+        self.system, self.system_links = _split_links(tuple(system))
         self.extra_ro, self.drop = list(extra_ro), list(drop)
         self.owned = [os.path.realpath(p) for p in owned]
         self.out = Toolchains()
         self.trees: dict[str, Tree] = {}
         self.links: dict[str, str] = {}
         self.refused: set[str] = set()
+        self.memo: dict[str, str] = {}
         shown = [p.rstrip("/") for p in (*self.system, *self.system_links, *self.extra_ro) if p.rstrip("/")]
         self.shown_exact = set(shown)
         self.shown_prefixes = tuple(p + "/" for p in shown)
@@ -276,14 +301,14 @@ class _Resolver:
             real: str | None = path
             links: list[tuple[str, str]] = []
         else:
-            real, links = chain(name, start=real_dir)
+            real, links = chain(name, start=real_dir, memo=self.memo)
             if real is None:
                 return  # a dangling link stays dangling inside
         assert real is not None
         self.need(entry, name, real, links)
         interp = _shebang(real)
         if interp and not self.covered(interp):
-            ireal, ilinks = chain(interp)
+            ireal, ilinks = chain(interp, memo=self.memo)
             if ireal is not None:
                 self.need(entry, name, ireal, ilinks)
 
@@ -308,7 +333,7 @@ class _Resolver:
         if _under_any(entry, self.drop):
             out.left_out.append(LeftOut(entry, f"dropped by {DROP_KEY}", entry))
             return
-        real, links = chain(entry)
+        real, links = chain(entry, memo=self.memo)
         if real is None or not os.path.isdir(real):
             out.left_out.append(LeftOut(entry, "does not exist (or is not a directory)", entry))
             return
