@@ -256,7 +256,7 @@ def _nix(lay: Layouts, user: str, canary: str, tag: str) -> None:
 
 
 def _chown(home: Path, user: str) -> None:
-    subprocess.run(["chown", "-R", "--no-dereference", f"{user}:{user}", str(home)], check=True)
+    subprocess.run(["chown", "-R", "--no-dereference", f"{user}:", str(home)], check=True)
 
 
 def install_claude(home: Path, user: str) -> dict[str, str]:
@@ -282,5 +282,5 @@ def install_claude(home: Path, user: str) -> dict[str, str]:
         shutil.copy2(os.path.realpath(node), nvm_bin / "node")
     (nvm_bin.parent / "include/node").mkdir(parents=True, exist_ok=True)
     _chown(home / ".nvm", user)
-    subprocess.run(["chown", "-h", f"{user}:{user}", str(prefix), str(prefix / "bin"), str(prefix / "bin/claude")], check=True)
+    subprocess.run(["chown", "-h", f"{user}:", str(prefix), str(prefix / "bin"), str(prefix / "bin/claude")], check=True)
     return {"npm_bin": str(prefix / "bin"), "nvm_bin": str(nvm_bin), "wrapper": str(dest / "claude-code/cli-wrapper.cjs"), "node_version": out}
