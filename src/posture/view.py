@@ -161,7 +161,7 @@ def build_view(
     host = dict(os.environ if host_env is None else host_env)
     system = [p for p in (*SYSTEM_RO, *ETC_RO) if os.path.lexists(p)]
     tools = toolchains.for_settings(settings, host, home, system)
-    binds += [Bind(t.path, t.path, writable=False) for t in tools.trees]
+    binds += [Bind(t.path, t.path, writable=False) for t in tools.trees if not t.path.startswith(str(project) + "/")]
 
     fixed = {
         "HOME": home,
