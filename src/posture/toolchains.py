@@ -28,6 +28,7 @@ from . import credentials
 from .errors import Unavailable
 
 NIX_STORE = "/nix/store"
+NIXOS_LINKS = ("/bin/sh", "/usr/bin/env")
 BREW_PREFIXES = ("/home/linuxbrew/.linuxbrew",)
 BROAD = ("/", "/home", "/nix", "/nix/var", "/opt", "/usr", "/var", "/etc", "/run", "/tmp", "/root", "/srv", "/mnt", "/media")
 HOME_BROAD = (".local", ".local/share", ".local/state", ".local/lib", ".config", ".cache", "src", "projects", "Documents")
@@ -394,6 +395,10 @@ def resolve(user_path: str, home: str, system: Sequence[str], extra_ro: Sequence
     `[mounts] drop` (user and repo); `owned`: posture's own directories (never bound).
     """
     r = _Resolver(home, system, extra_ro, drop, owned, env or {})
+    for sys_link in NIXOS_LINKS:  # NixOS: /bin/sh and /usr/bin/env are links into the store
+        target = _readlink(sys_link, r.memo)
+        if target.startswith(NIX_STORE + "/"):
+            r.add_tree(NIX_STORE, f"Nix: {sys_link} links into the store (NixOS)", "", sys_link)
     r.out.looked = user_path.split(":")
     for entry in r.out.looked:
         r.entry(entry.rstrip("/") if entry not in ("", "/") else entry)
