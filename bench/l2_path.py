@@ -50,6 +50,20 @@ print(json.dumps(out))
 """
 
 
+# Printed as the user: the bwrap command line of this view (minus seccomp, info fd, agent), running /bin/true.
+RAW_ARGV = r"""
+import json, os, sys, tempfile
+from pathlib import Path
+from posture import plugins, profiles, view as viewmod
+from posture.l2 import argv as bwrap
+project = Path(sys.argv[1])
+v = viewmod.build_view(project, profiles.load("shell"), plugins.load_settings(project), "bench", "l2", host_env={**os.environ, "PATH": sys.argv[2]})
+fs, wanted = bwrap.view_args(v, Path(tempfile.mkdtemp(prefix="posture-bench-")))
+print(json.dumps({"argv": [bwrap.which("bwrap"), *bwrap.hardening_args("posture"), *fs, "--chdir", str(project), "--", "/bin/true"],
+                  "missing": wanted}))
+"""
+
+
 def timed(argv: list[str], cwd: str) -> float:
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -133,6 +147,22 @@ def main() -> int:
         paths = dict(zip(commands, (PLAIN, lay.path_value())))
         views = json.loads(subprocess.run([*as_user, str(venv_python), "-c", VIEW_TIME, str(project), json.dumps(paths)], cwd=project,
                                           capture_output=True, text=True, check=True).stdout)
+        raw = {name: json.loads(subprocess.run([*as_user, str(venv_python), "-c", RAW_ARGV, str(project), p], cwd=project,
+                                               capture_output=True, text=True, check=True).stdout) for name, p in paths.items()}
+        for spec in raw.values():  # the raw runs get the placeholders posture would create
+            for path, is_dir in spec["missing"]:
+                Path(path).mkdir(exist_ok=True) if is_dir else Path(path).touch()
+        subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(project)], check=True)
+        raw = {name: spec["argv"] for name, spec in raw.items()}
+        raw_times: dict[str, list[float]] = {name: [] for name in raw}
+        for i in range(args.runs * 2 + 2):
+            for name, cmd in raw.items():
+                t = timed([*as_user, *cmd], str(project))
+                if i >= 2:
+                    raw_times[name].append(t)
+        print(f"  raw bwrap of the same view, /bin/true (median of {args.runs * 2}):")
+        for name, v in raw_times.items():
+            print(f"    {name:36} {1000 * statistics.median(v):7.2f} ms  ({len(raw[name])} arguments)")
         print("  build_view alone (in-process, median of 50):")
         for name, t in views.items():
             print(f"    {name:36} {1000 * t:7.2f} ms")

@@ -195,6 +195,7 @@ def build(home: Path, user: str, canary: str, tag: str, system: bool = True, onl
         lay.tools["opttool"] = _tool(opt / "bin/opttool", "opttool")
         lay.trees["opt"] = str(opt)
         _cred(lay, opt / "etc/npmrc", "opt", canary)
+        _cred(lay, opt / ".aws/credentials", "opt", canary)  # a credential dir inside a tree: masked as a directory
         lay.path.append(str(opt / "bin"))
     if system and want("nix"):
         _nix(lay, user, canary, tag)

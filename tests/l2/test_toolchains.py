@@ -120,6 +120,7 @@ def test_explain_lists_what_entered_and_what_stayed_out(l2: L2, lay: layouts.Lay
     for path, layout in lay.creds.items():
         if layout in ("nvm", "fnm", "volta", "pyenv", "pipx", "brew", "opt") and "/etc/npmrc" in path or path.endswith("pip.conf"):
             assert path in masked, (layout, path, masked)
+    assert any(m.startswith("/opt/posture-tc-") and m.endswith("/.aws") for m in masked), masked  # a whole credential dir
     text = l2.posture("explain", str(project), PATH=_user_path(l2, lay)).stdout
     assert "toolchain in (read-only): /nix/store" in text and f"toolchain OUT: {l2.home}" in text
     assert "credential masked:" in text and "[mounts] drop" in text
