@@ -344,12 +344,17 @@ def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecor
     """`posture up`: start a kept session, launch the agent, and attach unless `detach`."""
     p = plan(req)
     announce(p, always=True)
+    command = argv or p.profile.command
+    if p.decision.level in ("l2", "l3"):  # before anything starts: the agent must be in the view (else 69)
+        from . import toolchains
+
+        v = build_view(p.project, p.profile, p.settings, "check", p.decision.level)
+        toolchains.require(command[0], v.toolchains, v.system_ro, p.settings.mounts_ro)
     session = open_session(p)
     record = session.record
     spawn_keeper(record)
     record = SessionStore().get(record.id)
     session = reopen(record)
-    command = argv or p.profile.command
     session.launch(command)
     record = SessionStore().update(record.id, agent_argv=command)
     audit.record("agent.launch", session=record.id, argv=command)

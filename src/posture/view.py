@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import envpolicy, gitutil, netpolicy, paths
+from . import envpolicy, gitutil, netpolicy, paths, toolchains
 from .config import Settings
 from .envpolicy import EnvDecision
 from .errors import UsageError
@@ -70,6 +70,7 @@ class View:
     # The agent's own credentials, brokered by the session's gateway (posture.gateway.broker.Brokered):
     # inside only their sentinels.
     gateway: Any = None
+    toolchains: toolchains.Toolchains = field(default_factory=toolchains.Toolchains)  # PATH trees, links, masks
 
     def host_paths(self) -> list[str]:
         """Every host path this view exposes (for audits and tests)."""
@@ -163,13 +164,16 @@ def build_view(
                 binds.append(Bind(str(base), str(base), writable=True))
             protected += [str(base / "hooks"), str(base / "config"), str(base / "info")]
     denied = [str(project / rel) for rel in settings.deny_paths]
+    system = [p for p in (*SYSTEM_RO, *ETC_RO) if os.path.lexists(p)]
+    tools = toolchains.for_settings(settings, source_env, home, system)
+    binds += [Bind(t.path, t.path, writable=False) for t in tools.trees if not t.path.startswith(str(project) + "/")]
 
     fixed = {
         "HOME": home,
         "USER": user,
         "LOGNAME": user,
         "SHELL": "/bin/bash",
-        "PATH": envpolicy.SANDBOX_PATH,
+        "PATH": envpolicy.inside_path(tools.path),
         "POSTURE_LEVEL": level,
         "POSTURE_SESSION": session,
         **brokered.env,
@@ -180,7 +184,6 @@ def build_view(
         drop=settings.env_drop,
         fixed=fixed,
     )
-    system = [p for p in (*SYSTEM_RO, *ETC_RO) if os.path.lexists(p)]
     return View(
         session=session,
         level=level,
@@ -199,4 +202,5 @@ def build_view(
         cwd=str(project),
         state_dir=str(agent_state_dir(project, profile)),
         gateway=brokered,
+        toolchains=tools,
     )

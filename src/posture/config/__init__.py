@@ -30,7 +30,7 @@ CORE_USER_SCHEMA: Schema = {
     "trusted_remotes": c.STR_LIST,
     "identities": c.STR_LIST,
     "env": {"pass": c.ENV_PATTERNS, "drop": c.ENV_LIST},
-    "mounts": {"ro": c.HOST_PATHS, "rw": c.HOST_PATHS},
+    "mounts": {"ro": c.HOST_PATHS, "rw": c.HOST_PATHS, "drop": c.HOST_PATHS},
     "deny": {"paths": c.REPO_PATHS},
     "network": {"block": c.CIDR_LIST},
     "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
@@ -43,6 +43,7 @@ CORE_REPO_SCHEMA: Schema = {
     "floor": c.level,
     "intent": {"push": c.boolean, "untrusted_input": c.boolean},
     "env": {"drop": c.ENV_LIST},
+    "mounts": {"drop": c.HOST_PATHS},  # toolchain dirs kept out of the view
     "deny": {"paths": c.REPO_PATHS},
     "network": {"block": c.CIDR_LIST},
     "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
@@ -54,7 +55,8 @@ REPO_IGNORED = {
     "trusted_remotes": "trust can only come from the user's config or `posture trust`",
     "identities": "identities can only come from the user's config",
     "env.pass": "passing environment variables loosens; only the user's config may",
-    "mounts": "extra mounts loosen; only the user's config may",
+    "mounts.ro": "extra mounts loosen; only the user's config may",
+    "mounts.rw": "extra mounts loosen; only the user's config may",
     "network.allow": "network exceptions loosen; only the user's config may",
     "triggers": "trusting hosts loosens the live triggers; only the user's config may",
     "sessions": "how long posture keeps ended sessions is the user's choice",
@@ -151,6 +153,7 @@ class Settings:
     env_drop: list[str] = field(default_factory=list)
     mounts_ro: list[str] = field(default_factory=list)
     mounts_rw: list[str] = field(default_factory=list)
+    mounts_drop: list[str] = field(default_factory=list)  # toolchain dirs kept out of the view (user and repo)
     deny_paths: list[str] = field(default_factory=list)
     network_block: list[str] = field(default_factory=list)
     on_trigger: str = "deny"  # what a live trigger does: escalate, deny or log
@@ -192,6 +195,7 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     s.env_drop = list(user.get("env", {}).get("drop", []))
     s.mounts_ro = list(user.get("mounts", {}).get("ro", []))
     s.mounts_rw = list(user.get("mounts", {}).get("rw", []))
+    s.mounts_drop = list(user.get("mounts", {}).get("drop", []))
     s.deny_paths = list(user.get("deny", {}).get("paths", []))
     s.network_block = list(user.get("network", {}).get("block", []))
     s.on_trigger = user.get("escalation", {}).get("on_trigger", "deny")
@@ -235,6 +239,10 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
         asked.append(f"escalation.on_trigger = {repo_on}")
     elif repo_on and repo_on != s.on_trigger:
         s.repo_ignored.append(("escalation.on_trigger", f"{repo_on} is looser than the user's {s.on_trigger}; a repo may only move toward deny"))
+    mounts_drop = repo.get("mounts", {}).get("drop", [])
+    if mounts_drop:
+        s.mounts_drop = _union(s.mounts_drop, mounts_drop)
+        asked.append(f"mounts.drop = {mounts_drop}")
     block = repo.get("network", {}).get("block", [])
     if block:
         s.network_block = _union(s.network_block, block)
