@@ -144,6 +144,7 @@ class StandIn:
 def _handler(api: StandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # each SSE event leaves at once, as a real API streams
 
         def log_message(self, fmt: str, *args: Any) -> None:
             pass
