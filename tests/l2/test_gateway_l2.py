@@ -26,13 +26,18 @@ from testnet import PUBLIC  # noqa: E402
 API_PORT = 8443
 
 
-def _run_claude(l2: L2, project: Path, extra_env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`posture exec ... -- claude -p` as the ordinary user, in the GW namespace (the gateway reaches the stand-in from there)."""
+def _posture(l2: L2, project: Path, *args: str, extra_env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real console script as the ordinary user, in the GW namespace (the gateway reaches the stand-in from there)."""
     env = l2.env(CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1", **extra_env)
     argv = ["nsenter", f"--net={l2.net.gw_path}", "runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-            POSTURE, "exec", str(project), "--level", "l2", "--profile", "claude-code", "--",
-            "claude", "-p", "run the checks", "--dangerously-skip-permissions"]
+            POSTURE, *args]
     return subprocess.run(argv, cwd=str(project), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _run_claude(l2: L2, project: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`posture exec ... -- claude -p` with the hostile script behind the stand-in."""
+    return _posture(l2, project, "exec", str(project), "--level", "l2", "--profile", "claude-code", "--",
+                    "claude", "-p", "run the checks", "--dangerously-skip-permissions", extra_env=extra_env)
 
 
 def _gateways_of(uid: int) -> list[int]:
@@ -92,3 +97,41 @@ def test_no_credential_no_gateway(l2: L2, with_key: bool) -> None:
                       f"env; ls -la ~/.claude/; ls {SOCKET_INSIDE} 2>&1; true")
     assert proc.returncode == 0, proc.stderr
     assert "ANTHROPIC" not in proc.stdout and ".credentials.json" not in proc.stdout and "No such file" in proc.stdout
+
+
+USE_API = ("curl -s -m 10 -o /dev/null -w '%{http_code}' -H \"x-api-key: $ANTHROPIC_API_KEY\" -H 'content-type: application/json' "
+           "-d '{\"model\": \"m\", \"messages\": []}' \"$ANTHROPIC_BASE_URL/v1/messages\"")
+
+
+@pytest.mark.parametrize("end", ["down", "keeper killed"])
+def test_kept_session_gateway_lives_with_its_keeper(l2: L2, tmp_path: Path, end: str) -> None:
+    """`posture up --detach`: the keeper holds the gateway; `exec --session` from another process uses it;
+    `down`, or the keeper's death, leaves no gateway behind."""
+    import signal
+
+    project = l2.make_project(f"gw-kept-{uuid.uuid4().hex[:6]}")
+    api = RemoteStandIn(l2.net.hosts, PUBLIC, API_PORT, [{"text": "ok"}], tmp_path / "api")
+    key = real("key")
+    extra = {"ANTHROPIC_BASE_URL": api.url, "ANTHROPIC_API_KEY": key}
+    try:
+        up = _posture(l2, project, "up", str(project), "--level", "l2", "--profile", "claude-code", "--detach", "--", "sleep", "100000", extra_env=extra)
+        assert up.returncode == 0, up.stderr
+        sid = up.stdout.strip().splitlines()[-1]
+        record = json.loads((l2.home / ".local/state/posture/sessions" / f"{sid}.json").read_text())
+        gateway = record["data"]["gateway_pid"]
+        assert gateway in _gateways_of(l2.uid)
+        used = _posture(l2, project, "exec", "--session", sid, "--", "sh", "-c", USE_API, extra_env={})
+        assert used.returncode == 0 and used.stdout == "200", (used.stdout, used.stderr)
+        assert [r["headers"].get("x-api-key") for r in api.requests()] == [key]
+        if end == "down":
+            assert _posture(l2, project, "down", "--session", sid, extra_env={}).returncode == 0
+        else:
+            os.kill(record["keeper_pid"], signal.SIGKILL)
+    finally:
+        api.stop()
+    deadline = time.monotonic() + 10
+    while gateway in _gateways_of(l2.uid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway not in _gateways_of(l2.uid), "the gateway outlived its session"
+    if end != "down":
+        _posture(l2, project, "down", "--session", sid, extra_env={})

@@ -88,6 +88,9 @@ class Gateway:
             await http1.discard_body(reader, kind, length)
             await self._answer(writer, 403, "posture gateway: this request does not carry the session's credential")
             return "close" not in head.tokens("connection")
+        if "100-continue" in head.tokens("expect"):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body is read here in full (a retry may resend it)
+            head.headers = [(k, v) for k, v in head.headers if k.lower() != "expect"]
         sink = _Sink()
         await http1.relay_body(reader, sink, kind, length)  # type: ignore[arg-type]
         try:
