@@ -83,17 +83,21 @@ def main() -> int:
             commands["before: with API key"] = cmd(args.base, True)
             commands["before: no credential"] = cmd(args.base, False)
         times: dict[str, list[float]] = {name: [] for name in commands}
+        failures: dict[str, int] = {}
         for i in range(args.runs + 2):
             for name, argv in commands.items():
                 start = time.perf_counter()
                 proc = subprocess.run(argv, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                if proc.returncode != 0:
-                    raise SystemExit(f"{name} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-800:]}")
+                if proc.returncode != 0:  # a loaded shared machine: counted, reported, not timed
+                    failures[name] = failures.get(name, 0) + 1
+                    print(f"  ({name} failed ({proc.returncode}): {proc.stderr.decode(errors='replace').strip()[-300:]})", file=sys.stderr)
+                    continue
                 if i >= 2:  # two warm-up rounds
                     times[name].append(time.perf_counter() - start)
         print(f"`posture exec --level l2 --profile claude-code -- true`, median of {args.runs} interleaved runs, as {args.user}, {os.cpu_count()} cpus")
         for name, values in times.items():
-            print(f"  {name:30} {1000 * statistics.median(values):7.1f} ms")
+            note = f"   ({failures[name]} failed runs not counted)" if failures.get(name) else ""
+            print(f"  {name:30} {1000 * statistics.median(values):7.1f} ms{note}")
         return 0
     finally:
         if netd is not None and netd.poll() is None:

@@ -52,11 +52,18 @@ class Gateway:
         self.host = up.hostname.lower()
         self.port = up.port or (443 if self.tls else 80)
         self.netloc = up.netloc.rsplit("@", 1)[-1]
-        self.ssl = ssl.create_default_context() if self.tls else None  # the system's CA store
+        self._ssl: ssl.SSLContext | None = None
         self.swaps: list[dict[str, Any]] = list(plan.get("swaps") or [])
         self.refreshers = {s["sentinel"]: Refresher(s["oauth"]) for s in self.swaps if s.get("oauth")}
         self.pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.stats = {"requests": 0, "refused": 0, "injected": 0}
+
+    @property
+    def ssl(self) -> ssl.SSLContext | None:
+        """The TLS context toward the upstream (the system's CA store), made on first use."""
+        if self.tls and self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
 
     # ------------------------------------------------------------ one client connection
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -4,19 +4,24 @@ Its parent (the process that holds the session: the keeper, or `posture exec`) b
 listening socket, passes it as an inherited fd, and writes the plan as one JSON line on
 stdin, then keeps stdin open: when the parent goes away, stdin reaches EOF and the gateway
 exits, so it never outlives its session. SIGTERM stops it too; terminal signals do not.
+
+It starts cheaply (the session's first command should not wait on it): until the first
+connection is pending it only waits in select(); the event loop, the proxy and TLS come then.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import select
 import signal
-import socket
 import sys
 
 
 async def _run(plan: dict, listen_fd: int) -> None:
+    import asyncio
+    import socket
+
     from .proxy import Gateway
 
     gateway = Gateway(plan)
@@ -24,7 +29,7 @@ async def _run(plan: dict, listen_fd: int) -> None:
     sock.setblocking(False)
     server = await asyncio.start_server(gateway.serve, sock=sock, limit=1 << 20)
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
+    done: asyncio.Future[str] = loop.create_future()
 
     def parent_check() -> None:
         try:
@@ -63,6 +68,14 @@ def main() -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     plan = _read_plan()
     listen_fd = int(plan.pop("listen_fd"))
+    while True:  # nothing heavy before the first connection (or the parent's end)
+        ready, _, _ = select.select([listen_fd, 0], [], [])
+        if listen_fd in ready:
+            break
+        if not os.read(0, 4096):
+            return 0
+    import asyncio
+
     asyncio.run(_run(plan, listen_fd))
     return 0
 
