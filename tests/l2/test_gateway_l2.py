@@ -54,9 +54,11 @@ def _gateways_of(uid: int) -> list[int]:
     return found
 
 
-def _check(l2: L2, tmp_path: Path, *, key: str | None, oauth: dict | None) -> None:
+def _check(l2: L2, tmp_path: Path, *, key: str | None, oauth: dict | None, refreshed: dict | None = None) -> None:
+    """The hostile run; `refreshed`: the login has expired and the token endpoint answers this."""
     project = l2.make_project(f"gw-{uuid.uuid4().hex[:6]}")
-    api = RemoteStandIn(l2.net.hosts, PUBLIC, API_PORT, hostile(socket_inside=SOCKET_INSIDE), tmp_path / "api")
+    grant = {oauth["refreshToken"]: refreshed} if oauth and refreshed else None
+    api = RemoteStandIn(l2.net.hosts, PUBLIC, API_PORT, hostile(socket_inside=SOCKET_INSIDE), tmp_path / "api", oauth=grant)
     creds = l2.home / ".claude" / ".credentials.json"
     try:
         if oauth is not None:
@@ -64,17 +66,28 @@ def _check(l2: L2, tmp_path: Path, *, key: str | None, oauth: dict | None) -> No
             os.chown(creds, l2.uid, l2.gid)
             creds.chmod(0o600)
         extra = {"ANTHROPIC_BASE_URL": api.url}
+        if refreshed:
+            extra["POSTURE_OAUTH_TOKEN_URL"] = f"{api.url}/v1/oauth/token"
         if key:
             extra["ANTHROPIC_API_KEY"] = key
         proc = _run_claude(l2, project, extra)
         requests = api.requests()
+        stored = json.loads(creds.read_text()) if oauth is not None else None
     finally:
         api.stop()
         creds.unlink(missing_ok=True)
     assert proc.returncode == 0, f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-3000:]}"
     assert "finished the hostile script" in proc.stdout
-    results = assess(requests, key, oauth, f"http://127.0.0.1:{INSIDE_PORT}", doors=2)
+    bearer = refreshed["access_token"] if refreshed else None
+    results = assess(requests, key, oauth, f"http://127.0.0.1:{INSIDE_PORT}", doors=2, bearer=bearer)
     assert "UNIXDOOR" in results  # the socket bound in refuses too
+    if refreshed:
+        # refreshed once, outside: the new token is in the user's own file, never inside
+        grants = [r for r in requests if r["path"] == "/v1/oauth/token"]
+        assert len(grants) == 1 and json.loads(grants[0]["body"])["refresh_token"] == oauth["refreshToken"]  # the gateway's own call
+        assert stored is not None and stored["claudeAiOauth"]["accessToken"] == refreshed["access_token"]
+        assert stored["claudeAiOauth"]["refreshToken"] == refreshed["refresh_token"]
+        assert refreshed["access_token"] not in results and refreshed["refresh_token"] not in results
     deadline = time.monotonic() + 5
     while _gateways_of(l2.uid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -87,6 +100,13 @@ def test_claude_api_key_only(l2: L2, tmp_path: Path) -> None:
 
 def test_claude_oauth_only(l2: L2, tmp_path: Path) -> None:
     _check(l2, tmp_path, key=None, oauth=oauth_login())
+
+
+def test_claude_oauth_expired_refreshed_outside(l2: L2, tmp_path: Path) -> None:
+    """The login expired: the gateway refreshes it (the agent inside never tries: its expiry is 2100)."""
+    login = {**oauth_login(), "expiresAt": int(time.time() * 1000) - 60_000}
+    refreshed = {"access_token": real("oauth"), "refresh_token": real("refresh"), "expires_in": 28800}
+    _check(l2, tmp_path, key=None, oauth=login, refreshed=refreshed)
 
 
 @pytest.mark.parametrize("with_key", [True])
