@@ -62,12 +62,13 @@ def start(brokered: Brokered, runtime: Path, session: str, listener: socket.sock
     log = open(runtime / "gateway.log", "ab")
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", BOOT, str(Path(__file__).resolve().parent.parent.parent), MARK], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+            [sys.executable, "-I", "-S", "-c", BOOT, str(Path(__file__).resolve().parent.parent.parent), MARK, str(sock.fileno())],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
             pass_fds=(sock.fileno(),), close_fds=True, start_new_session=True,
         )
     finally:
         log.close()
-    plan = {**brokered.plan(), "listen_fd": sock.fileno()}
+    plan = brokered.plan()
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(plan).encode() + b"\n")
     proc.stdin.flush()  # stdin stays open: its EOF tells the gateway that this process is gone
