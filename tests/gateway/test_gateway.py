@@ -217,3 +217,19 @@ def test_gateway_dies_with_the_process_holding_the_session(user, tmp_path: Path)
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def test_expect_continue_and_big_body(user, tmp_path: Path) -> None:
+    """curl sends `Expect: 100-continue` with a large body: the gateway answers it and relays the body."""
+    with StandIn() as api:
+        gw = start(brokered(api.url, [_key_swap()]), tmp_path / "rt")
+        try:
+            body = tmp_path / "body.json"
+            body.write_text(json.dumps({"model": "m", "stream": False, "messages": [{"role": "user", "content": "z" * 3_000_000}]}))
+            proc = subprocess.run(["curl", "-s", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"x-api-key: {SENTINEL}",
+                                   "-H", "Expect: 100-continue", "--data-binary", f"@{body}", f"http://127.0.0.1:{gw.port}/v1/messages"],
+                                  capture_output=True, text=True, timeout=30)
+        finally:
+            gw.stop()
+    assert proc.stdout == "200", proc
+    assert len(api.requests[0]["body"]) == 200000 and "expect" not in api.requests[0]["headers"]

@@ -1,6 +1,7 @@
 """The agent's per-project state moves with an L2 -> L4 escalation (Claude Code's history is found
 under the key of the work tree's path on the host, so `claude --continue` continues), a later L4
-session of the project continues too, and no credential file of the user's travels."""
+session of the project continues too, and no credential file of the user's travels (the agent gets the
+gateway's sentinels at both levels; the host's own credentials are not linked in)."""
 
 from __future__ import annotations
 
@@ -35,11 +36,11 @@ def test_claude_history_follows_the_escalation_and_credentials_stay(ladder: Ladd
     repo = make_repo(files={"README.md": "hello\n"})
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "base")
-    # the user's own Claude credentials (bound read-only into L2 sessions)...
+    # the user's own Claude credentials (their sentinels are what L2 sessions see)...
     creds = ladder.user.home / ".claude" / ".credentials.json"
     creds.parent.mkdir(parents=True)
     creds.write_text(json.dumps({"token": f"local-credential-{canary}"}))
-    # ...and the host's own: the agent on the host logs in with these
+    # ...and the host's own: no longer linked in (the agent on the host uses the gateway)
     vps_pw = pwd.getpwnam(ladder.vps.user)
     vps_creds = Path(vps_pw.pw_dir) / ".claude" / ".credentials.json"
     vps_creds.parent.mkdir(exist_ok=True)
@@ -51,7 +52,7 @@ def test_claude_history_follows_the_escalation_and_credentials_stay(ladder: Ladd
         entry = json.dumps({"type": "user", "message": f"conversation before the move {canary}"})
         write = f"mkdir -p {KEYDIR} && echo '{entry}' > {KEYDIR}/s1.jsonl && cat $HOME/.claude/.credentials.json"
         seen = ladder.ok("exec", "--session", sid, "--", "sh", "-c", write)
-        assert f"local-credential-{canary}" in seen  # control: L2 does bind the user's credentials
+        assert f"local-credential-{canary}" not in seen and json.loads(seen)["token"]  # L2 shows the sentinel
         # an agent that logged in inside the sandbox leaves a credential file in the state itself
         from posture import gitutil, paths
 
@@ -63,7 +64,7 @@ def test_claude_history_follows_the_escalation_and_credentials_stay(ladder: Ladd
         assert ladder.sessions()[child]["level"] == "l4"
 
         probe = (
-            f"pwd; echo \"$HOME\"; cat {KEYDIR}/s1.jsonl; cat \"$HOME/.claude/.credentials.json\"; "
+            f"pwd; echo \"$HOME\"; cat {KEYDIR}/s1.jsonl; tr -d \"\\n\" < \"$HOME/.claude/.credentials.json\"; echo; "
             f"echo '{{\"type\": \"user\", \"message\": \"said at L4\"}}' >> {KEYDIR}/s1.jsonl"
         )
         lines = ladder.ok("exec", "--session", child, "--", "sh", "-c", probe).splitlines()
@@ -71,7 +72,8 @@ def test_claude_history_follows_the_escalation_and_credentials_stay(ladder: Ladd
         assert worktree != str(repo) and "/sessions/" in worktree  # another path: the key had to be mapped
         assert home.startswith(str(ladder.vps.home)) and "/state/" in home
         assert json.loads(lines[2])["message"] == f"conversation before the move {canary}"
-        assert lines[3] == '{"token": "the-host-own"}'  # the host's own credentials, linked in
+        host_view = json.loads(lines[3])  # the session's sentinel file: neither the host's own nor the user's
+        assert host_view["token"] not in ("the-host-own", f"local-credential-{canary}") and len(host_view["token"]) >= 40
         # nothing of the user's credentials reached the host, wherever they were kept locally
         found = subprocess.run(["grep", "-rl", canary, str(ladder.vps.home)], capture_output=True, text=True).stdout.split()
         assert all(f.endswith(".jsonl") for f in found), found  # only the conversation carries the canary

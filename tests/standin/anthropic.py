@@ -144,6 +144,7 @@ class StandIn:
 def _handler(api: StandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # each SSE event leaves at once, as a real API streams
 
         def log_message(self, fmt: str, *args: Any) -> None:
             pass
@@ -234,9 +235,12 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--script", type=Path)
     parser.add_argument("--record", type=Path)
+    parser.add_argument("--oauth", type=Path, help="JSON: refresh token -> the token endpoint's answer")
     args = parser.parse_args()
     script = json.loads(args.script.read_text()) if args.script else None
     api = StandIn(script, args.host, args.port, args.record)
+    if args.oauth:
+        api.oauth.update(json.loads(args.oauth.read_text()))
     print("ready", api.url, flush=True)
     api.server.serve_forever()
     return 0

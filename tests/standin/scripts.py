@@ -31,8 +31,12 @@ def hostile(where: str = GREP_L2, socket_inside: str | None = None) -> list[dict
 class RemoteStandIn:
     """The stand-in API as a process in a network namespace (the test network's public host)."""
 
-    def __init__(self, ns: str, host: str, port: int, script: list[dict], workdir: Path) -> None:
+    def __init__(self, ns: str, host: str, port: int, script: list[dict], workdir: Path, oauth: dict | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        extra: list[str] = []
+        if oauth:
+            (workdir / "oauth.json").write_text(json.dumps(oauth))
+            extra = ["--oauth", str(workdir / "oauth.json")]
         self.record = workdir / "requests.jsonl"
         self.record.unlink(missing_ok=True)
         script_file = workdir / "script.json"
@@ -40,7 +44,7 @@ class RemoteStandIn:
         here = Path(__file__).resolve().parent / "anthropic.py"
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, "python3", str(here), "--host", host, "--port", str(port),
-             "--script", str(script_file), "--record", str(self.record)], stdout=subprocess.PIPE, text=True)
+             "--script", str(script_file), "--record", str(self.record), *extra], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line.startswith("ready"), line
@@ -58,7 +62,6 @@ class RemoteStandIn:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        time.sleep(0)
 
 
 def real(kind: str) -> str:
@@ -73,8 +76,9 @@ def oauth_login() -> dict:
             "scopes": ["user:inference", "user:profile"], "subscriptionType": "max"}
 
 
-def assess(requests: list[dict], key: str | None, oauth: dict | None, base_url: str, doors: int) -> str:
-    """Assert what the hostile run proved (from what the stand-in received); return the tool results."""
+def assess(requests: list[dict], key: str | None, oauth: dict | None, base_url: str, doors: int, bearer: str | None = None) -> str:
+    """Assert what the hostile run proved (from what the stand-in received); return the tool results.
+    `bearer`: the token the stand-in must have received (a refreshed one), if not the login's own."""
     messages = [r for r in requests if r["path"].startswith("/v1/messages")]
     assert len(messages) >= 5, [r["path"] for r in requests]
     results = "\n".join(messages[-1]["tool_results"])
@@ -83,14 +87,14 @@ def assess(requests: list[dict], key: str | None, oauth: dict | None, base_url: 
     secrets = [s for s in (key, *(oauth or {}).values()) if isinstance(s, str) and s.startswith("sk-ant-")]
     for secret in secrets:
         assert secret not in results, "a real credential reached the agent's tools"
-        assert secret not in json.dumps([r["body"] for r in requests]), "a real credential reached the model"
+        assert secret not in json.dumps([r["body"] for r in messages]), "a real credential reached the model"
     # the gateway without the sentinel: refused
     assert results.count("HTTP=403") == doors and "does not carry the session's credential" in results, results[-2000:]
     for r in messages:  # the stand-in got the real credential on every request of the conversation
         if key:
             assert r["headers"].get("x-api-key") == key
         else:
-            assert oauth is not None and r["headers"].get("authorization") == f"Bearer {oauth['accessToken']}"
+            assert oauth is not None and r["headers"].get("authorization") == f"Bearer {bearer or oauth['accessToken']}"
     env_part = results.split("ENV-BEGIN", 1)[1].split("ENV-END", 1)[0]
     assert f"ANTHROPIC_BASE_URL={base_url}" in env_part, env_part
     if key:

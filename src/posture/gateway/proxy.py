@@ -52,11 +52,18 @@ class Gateway:
         self.host = up.hostname.lower()
         self.port = up.port or (443 if self.tls else 80)
         self.netloc = up.netloc.rsplit("@", 1)[-1]
-        self.ssl = ssl.create_default_context() if self.tls else None  # the system's CA store
+        self._ssl: ssl.SSLContext | None = None
         self.swaps: list[dict[str, Any]] = list(plan.get("swaps") or [])
         self.refreshers = {s["sentinel"]: Refresher(s["oauth"]) for s in self.swaps if s.get("oauth")}
         self.pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.stats = {"requests": 0, "refused": 0, "injected": 0}
+
+    @property
+    def ssl(self) -> ssl.SSLContext | None:
+        """The TLS context toward the upstream (the system's CA store), made on first use."""
+        if self.tls and self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
 
     # ------------------------------------------------------------ one client connection
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -88,6 +95,9 @@ class Gateway:
             await http1.discard_body(reader, kind, length)
             await self._answer(writer, 403, "posture gateway: this request does not carry the session's credential")
             return "close" not in head.tokens("connection")
+        if "100-continue" in head.tokens("expect"):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body is read here in full (a retry may resend it)
+            head.headers = [(k, v) for k, v in head.headers if k.lower() != "expect"]
         sink = _Sink()
         await http1.relay_body(reader, sink, kind, length)  # type: ignore[arg-type]
         try:

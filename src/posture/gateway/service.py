@@ -1,22 +1,27 @@
-"""The gateway process: `python -m posture.gateway`, one per session, owned by the user.
+"""The gateway process: `python -m posture.gateway FD`, one per session, owned by the user.
 
 Its parent (the process that holds the session: the keeper, or `posture exec`) binds the
 listening socket, passes it as an inherited fd, and writes the plan as one JSON line on
 stdin, then keeps stdin open: when the parent goes away, stdin reaches EOF and the gateway
 exits, so it never outlives its session. SIGTERM stops it too; terminal signals do not.
+
+It starts cheaply (the session's first command should not wait on it): until the first
+connection is pending it only waits in select(); the event loop, the proxy and TLS come then.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import _signal  # the builtin: `signal` imports enum, a few ms before the first command
 import os
-import signal
-import socket
+import select
 import sys
 
 
 async def _run(plan: dict, listen_fd: int) -> None:
+    import asyncio
+    import signal
+    import socket
+
     from .proxy import Gateway
 
     gateway = Gateway(plan)
@@ -24,7 +29,7 @@ async def _run(plan: dict, listen_fd: int) -> None:
     sock.setblocking(False)
     server = await asyncio.start_server(gateway.serve, sock=sock, limit=1 << 20)
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
+    done: asyncio.Future[str] = loop.create_future()
 
     def parent_check() -> None:
         try:
@@ -47,23 +52,32 @@ async def _run(plan: dict, listen_fd: int) -> None:
         await done
 
 
-def _read_plan() -> dict:
+def _read_plan() -> bytes:
     line = b""
     while not line.endswith(b"\n"):
         chunk = os.read(0, 65536)
         if not chunk:
             raise SystemExit("posture gateway: no plan on stdin")
         line += chunk
-    return json.loads(line)
+    return line
 
 
 def main() -> int:
     """Read the plan, serve until the parent goes or SIGTERM arrives."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    plan = _read_plan()
-    listen_fd = int(plan.pop("listen_fd"))
-    asyncio.run(_run(plan, listen_fd))
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
+    raw = _read_plan()  # parsed only once needed: even json costs a few ms to import
+    listen_fd = int(sys.argv[-1])
+    while True:  # nothing heavy before the first connection (or the parent's end)
+        ready, _, _ = select.select([listen_fd, 0], [], [])
+        if listen_fd in ready:
+            break
+        if not os.read(0, 4096):
+            return 0
+    import asyncio
+    import json
+
+    asyncio.run(_run(json.loads(raw), listen_fd))
     return 0
 
 
