@@ -10,7 +10,7 @@ import os
 import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import envpolicy, gitutil, netpolicy, paths, toolchains
 from .config import Settings
@@ -18,6 +18,9 @@ from .envpolicy import EnvDecision
 from .errors import UsageError
 from .netpolicy import NetworkPolicy
 from .profiles import Profile
+
+if TYPE_CHECKING:
+    from .gateway.broker import Brokered
 
 # Host directories bound read-only at the same place (those that exist; symlinks are kept as symlinks).
 SYSTEM_RO: tuple[str, ...] = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -69,7 +72,7 @@ class View:
     state_dir: str = ""  # this project's agent state on the host (never inside another project's view)
     # The agent's own credentials, brokered by the session's gateway (posture.gateway.broker.Brokered):
     # inside only their sentinels.
-    gateway: Any = None
+    gateway: Brokered | None = None
     toolchains: toolchains.Toolchains = field(default_factory=toolchains.Toolchains)  # PATH trees, links, masks
 
     def host_paths(self) -> list[str]:
@@ -159,7 +162,7 @@ def build_view(
     if git_dir and git_dir != project / ".git":
         # A worktree or separate git dir: the agent must still commit (objects, refs, index are
         # writable), but the real hooks and config are protected like the project's own.
-        for base in {git_dir, common} - {None}:
+        for base in [d for d in {git_dir, common} if d is not None]:
             if not str(base).startswith(str(project) + "/"):
                 binds.append(Bind(str(base), str(base), writable=True))
             protected += [str(base / "hooks"), str(base / "config"), str(base / "info")]

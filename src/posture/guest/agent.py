@@ -86,7 +86,7 @@ class Agent:
         sock.bind(path)
         os.umask(old)
         sock.listen(16)
-        self.listener = sock
+        self.listener = sock  # type: ignore[assignment]  # (socket is imported on demand: no typing import on the hot path)
         self.sel.register(sock, selectors.EVENT_READ, ("accept", None))
 
     def listen_fd(self, fd: int) -> None:
@@ -95,7 +95,7 @@ class Agent:
 
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
-        self.listener = sock
+        self.listener = sock  # type: ignore[assignment]
         self.sel.register(sock, selectors.EVENT_READ, ("accept", None))
 
     def add_conn(self, rfd: int, wfd: int, closeable: bool) -> Conn:
@@ -370,9 +370,10 @@ def _parse(argv: list[str]) -> dict[str, str]:
         if name not in known:
             raise SystemExit(f"{USAGE}\nunknown argument {arg!r}")
         if not eq:
-            value = next(it, None)
-            if value is None:
+            following = next(it, None)
+            if following is None:
                 raise SystemExit(f"{USAGE}\n{name} needs a value")
+            value = following
         out[name[2:].replace("-", "_")] = value
     return out
 

@@ -222,7 +222,7 @@ class BwrapSession(Session):
     def _gateway_door(self, view: Any, runtime: Path) -> tuple[list[str], list[str]]:
         """Start the session's gateway (when the profile has credentials here) and return the bwrap
         arguments binding its socket in, and the agent's forwarder from the sandbox's own loopback to it."""
-        brokered = getattr(view, "gateway", None)
+        brokered = view.gateway
         if brokered is None or not brokered.active:
             return [], []
         from .. import gateway

@@ -138,8 +138,7 @@ class TailnetSession(Session):
             self.record.checkpoints.append(ref)
         user = str(ssh.require(self.l4, "user"))
         view_env = dict(self.view.env.env) if self.view is not None else {}
-        brokered = getattr(self.view, "gateway", None)
-        brokered = brokered if brokered is not None and brokered.active else None
+        brokered = self.view.gateway if self.view is not None and self.view.gateway is not None and self.view.gateway.active else None
         sentinels = frozenset(brokered.env) if brokered else frozenset()
         env, dropped = remote_env(view_env, self.record.id, "", user, sentinels)  # HOME is known once the host answers
         if brokered is None:
@@ -213,7 +212,7 @@ class TailnetSession(Session):
             remote = state.remote_state_home(layout.workdir, project_key, profile.name)
             send = state.plan_send(self.view, profile.credential_files, self._state_key(remote), full=full)
             self.record.data["state_sent"] = len(send.items)
-            state.add_sentinels(send, getattr(self.view, "gateway", None))
+            state.add_sentinels(send, self.view.gateway)
             tar = send.tar()
             args = state.receive_args(remote, send, state.path_key(self.record.project), profile.state_project_keyed, profile.credential_files)
             script = state.RECEIVE + 'receive_state "$@"; if [ -z "$AH" ]; then echo state-stale; exit 0; fi; echo "$AH"\n'

@@ -29,7 +29,10 @@ import secrets
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..gateway.broker import Brokered
 
 
 def path_key(path: str) -> str:
@@ -162,11 +165,11 @@ def record_sent(view: Any, host_key: str, send: Send) -> None:
     os.replace(tmp, path)
 
 
-def add_sentinels(send: Send, brokered: Any) -> None:
+def add_sentinels(send: Send, brokered: Brokered | None) -> None:
     """Send the session's sentinel credential files (posture.gateway) with the state, every time."""
     if brokered is None:
         return
-    for rel, path in sorted(getattr(brokered, "paths", {}).items()):
+    for rel, path in sorted(brokered.paths.items()):
         send.items.append((path, rel))
 
 
