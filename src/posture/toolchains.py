@@ -409,7 +409,7 @@ def for_settings(settings: Any, host_env: dict[str, str], home: str, system: Seq
     """`resolve` for a view: the host's PATH, the user's `[mounts] ro` and `[mounts] drop`, posture's own dirs."""
     from . import paths
 
-    return resolve(host_env.get("PATH", ""), home, system, settings.mounts_ro, getattr(settings, "mounts_drop", []),
+    return resolve(host_env.get("PATH", ""), home, system, settings.mounts_ro, settings.mounts_drop,
                    [str(p) for p in paths.posture_owned_dirs()], host_env)
 
 

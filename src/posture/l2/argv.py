@@ -97,9 +97,7 @@ def view_args(view: Any, runtime: Path, ipv6: bool = True) -> tuple[list[str], l
 
 def toolchain_args(view: Any) -> list[str]:
     """The links that lead to the user's toolchains, and the credential files their trees hold, masked."""
-    tc = getattr(view, "toolchains", None)
-    if tc is None:
-        return []
+    tc = view.toolchains
     args: list[str] = []
     for path, target in tc.links:
         args += ["--symlink", target, path]
