@@ -18,7 +18,7 @@ from pathlib import Path
 import layouts
 import pytest
 import test_l2_probe as base_probe
-from l2env import L2, USER
+from l2env import L2, POSTURE, USER
 
 pytestmark = [pytest.mark.root, pytest.mark.l2]
 
@@ -183,3 +183,36 @@ def test_real_claude_code_from_an_npm_user_prefix_with_nvm_node(l2: L2, lay: lay
     assert lines[0] == f"{where['npm_bin']}/claude", lines  # not /usr/bin/claude: the user's PATH order
     assert lines[1] == f"{where['nvm_bin']}/node" and lines[2] == where["node_version"], lines
     assert "(Claude Code)" in lines[3] and "(Claude Code)" in lines[4], lines
+
+
+def test_real_claude_code_from_the_user_prefix_runs_its_agent_loop(l2: L2, lay: layouts.Layouts, tmp_path: Path) -> None:
+    """The agent loop of the Claude Code installed under the user's npm prefix (node from an nvm-style
+    prefix), against the stand-in API: its Bash tool runs the user's own tools inside L2."""
+    import sys
+
+    sys.path.insert(0, str(HERE.parent))
+    from standin.scripts import RemoteStandIn, real
+    from testnet import PUBLIC
+
+    where = layouts.install_claude(l2.home, USER)
+    project = l2.make_project("tc-claude-loop")
+    api = RemoteStandIn(l2.net.hosts, PUBLIC, 8446, [
+        {"tool": "Bash", "input": {"command": "echo WHICH=$(command -v claude) NODE=$(command -v node); node --version", "description": "w"}},
+        {"text": "toolchain loop done"},
+    ], tmp_path / "api")
+    path = f"{where['npm_bin']}:{where['nvm_bin']}:/usr/bin:/bin"
+    env = l2.env(PATH=path, ANTHROPIC_BASE_URL=api.url, ANTHROPIC_API_KEY=real("key"),
+                 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1")
+    argv = ["nsenter", f"--net={l2.net.gw_path}", "runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+            POSTURE, "exec", str(project), "--level", "l2", "--profile", "claude-code", "--",
+            "claude", "-p", "which tools", "--dangerously-skip-permissions"]
+    try:
+        proc = subprocess.run(argv, cwd=str(project), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        requests = [r for r in api.requests() if r["path"].startswith("/v1/messages")]
+    finally:
+        api.stop()
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "toolchain loop done" in proc.stdout
+    result = "\n".join(requests[-1]["tool_results"])
+    assert f"WHICH={where['npm_bin']}/claude" in result and f"NODE={where['nvm_bin']}/node" in result, result
+    assert where["node_version"] in result
