@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from support import read_until
 
@@ -102,6 +104,18 @@ def test_doctor_reports_l4(l4) -> None:
     rows = {r["check"]: r for r in after if r["level"] == "l4"}
     for name in ("config", "identity", "tailscale CLI", "peer", "host key pinned", "ssh login", "git on host", "tmux on host", "GNU tar and coreutils on host"):
         assert rows[name]["ok"], rows[name]
+    agent = [r for name, r in rows.items() if name.startswith("agent on host")]
+    assert agent and agent[0]["ok"], rows
+    # a profile whose agent the host does not have: doctor says so, with the fix
+    profiles = Path(l4.user.env["XDG_CONFIG_HOME"]) / "posture" / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    (profiles / "ghost.toml").write_text('description = "an agent the host lacks"\ncommand = ["posture-no-such-agent"]\n')
+    config = l4.user.config_file.read_text()
+    l4.user.write_config('profile = "ghost"\n' + "\n".join(line for line in config.splitlines() if not line.startswith("profile")) + "\n")
+    rows = {r["check"]: r for r in json.loads(l4.posture("doctor", "--json").stdout) if r["level"] == "l4"}
+    ghost = rows["agent on host (ghost)"]
+    assert ghost["ok"] is False and "posture-no-such-agent" in ghost["detail"] and "install" in ghost["fix"], ghost
+    l4.user.write_config(config)
     l4.scenario(Online=False)
     rows = {r["check"]: r for r in json.loads(l4.posture("doctor", "--json").stdout) if r["level"] == "l4"}
     assert rows["peer"]["ok"] is False and "offline" in rows["peer"]["detail"]

@@ -101,6 +101,7 @@ class TailnetBackend(Backend):
             for tool, package in (("git", "git"), ("tmux", "tmux")):
                 code, out, _ = ssh.run_script(client, f"command -v {tool}")
                 checks.append(Check(f"{tool} on host", code == 0, out.strip() or "not found", f"install {package} on the host (apt-get install {package})"))
+            checks.append(_agent_on_host(client, settings))
             # the agent's state travels as a tar unpacked with GNU options; spare trees move with `mv -T`
             code, out, _ = ssh.run_script(client, "tar --version | head -n1; mv --version | head -n1")
             gnu = code == 0 and out.count("GNU") >= 2
@@ -139,3 +140,20 @@ def add_commands(app: Any) -> None:
         return 0
 
     app.add_typer(l4_app, name="l4")
+
+
+def _agent_on_host(client: Any, settings: Any) -> Check:
+    """Whether the default profile's agent is on the host's PATH (L4 runs the host's own toolchains)."""
+    import shlex
+
+    from .. import envpolicy, profiles
+    from . import ssh
+
+    try:
+        profile = profiles.load(settings.profile)
+    except PostureError as exc:
+        return Check("agent on host", False, exc.message, exc.fix or "")
+    program = profile.command[0]
+    code, out, _ = ssh.run_script(client, f"PATH={shlex.quote(envpolicy.SANDBOX_PATH)} command -v {shlex.quote(program)}")  # the PATH sessions get there
+    return Check(f"agent on host ({profile.name})", code == 0, out.strip() or f"{program} not found on the host's PATH",
+                 f"install {program} on the host for the user posture logs in as (for Claude Code: npm install -g @anthropic-ai/claude-code)")
