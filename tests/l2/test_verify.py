@@ -61,6 +61,8 @@ def test_verify_passes_on_a_healthy_setup(l2: L2) -> None:
     assert f"{PUBLIC}:{PORT}" in by[PUBLIC_ROW]["evidence"] and "POSTURE_VERIFY_TARGETS" in by[PUBLIC_ROW]["evidence"]
     assert "100.64.0.10:8080" in by[INTERNAL_ROW]["evidence"] and f"10.0.2.2:{l2.gw_loopback_port}" in by[LOOPBACK]["evidence"]
     assert "every promise tried held at l2" in r.stderr
+    # the agent's own API key, planted outside, is nowhere inside: only a sentinel of its shape, from the gateway
+    assert "sentinel of the same shape" in by["agent's own credential absent"]["evidence"], by["agent's own credential absent"]
     # it cleaned up after itself: no canary, no marker, the project untouched, no session left
     assert _left_behind(l2, project) == []
     assert (project / ".git" / "config").read_text() == config_before

@@ -36,18 +36,25 @@ class Canaries:
     state_file: Path
     made: list[Path] = field(default_factory=list)  # created directories and files, removed newest first
     saved_env: str | None = None
+    agent: str = ""  # a fake of the agent's own API credential, set in the agent's variable
+    agent_var: str = ""
+    saved_agent: str | None = None
 
     def needles(self) -> list[str]:
         """Every string the probe looks for in files."""
         return [self.cred, self.state]
 
 
-def plant(profile_state_dirs: list[str], profile_name: str) -> Canaries:
-    """Plant the three canaries; the caller must `remove` them."""
+def plant(profile_state_dirs: list[str], profile_name: str, agent_vars: list[str] | None = None) -> Canaries:
+    """Plant the canaries (and, when the profile's agent has an API credential variable, a fake of that
+    credential for this process's sessions only); the caller must `remove` them."""
     tag = uuid.uuid4().hex
     c = Canaries(cred=f"PVCRED{tag}", state=f"PVSTATE{tag}", secret=f"PVSECRET{tag}",
                  cred_file=paths.home_dir() / ".ssh" / f"posture-verify-{tag[:12]}",
                  state_file=Path(), saved_env=os.environ.get(ENV_NAME))
+    if agent_vars:
+        c.agent_var, c.agent = agent_vars[0], f"sk-ant-api03-PVAGENT{tag}{tag[:40]}-verifyAA"
+        c.saved_agent = os.environ.get(c.agent_var)
     try:
         _write(c, c.cred_file, f"-----BEGIN OPENSSH PRIVATE KEY-----\n{c.cred}\n-----END OPENSSH PRIVATE KEY-----\n")
         other = paths.state_dir() / "projects" / f"posture-verify-{tag[:12]}"
@@ -56,6 +63,8 @@ def plant(profile_state_dirs: list[str], profile_name: str) -> Canaries:
         _mkdirs(c, other)
         _write(c, c.state_file, f'{{"another project\'s conversation": "{c.state}"}}\n')
         os.environ[ENV_NAME] = c.secret
+        if c.agent_var:
+            os.environ[c.agent_var] = c.agent
     except BaseException:
         remove(c)
         raise
@@ -87,6 +96,11 @@ def remove(c: Canaries) -> None:
         os.environ.pop(ENV_NAME, None)
     else:
         os.environ[ENV_NAME] = c.saved_env
+    if c.agent_var:
+        if c.saved_agent is None:
+            os.environ.pop(c.agent_var, None)
+        else:
+            os.environ[c.agent_var] = c.saved_agent
     for path in reversed(c.made):
         try:
             if path.is_dir() and not path.is_symlink():

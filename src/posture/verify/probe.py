@@ -257,6 +257,10 @@ def main() -> None:
     r["uid"] = os.getuid()
     r["creds"] = {p: outcome(lambda p=p: os.stat(os.path.expanduser(p))) for p in cfg.get("creds", [])}
     r["env_hits"] = environ_hits(cfg["secret"]) if cfg.get("secret") else []
+    if cfg.get("agent_secret"):  # the agent's own credential (planted outside): only its sentinel may be inside
+        r["agent_env_hits"] = environ_hits(cfg["agent_secret"])
+        value = os.environ.get(cfg.get("agent_var") or "", "")
+        r["agent_var_inside"] = "absent" if not value else "same shape" if len(value) == len(cfg["agent_secret"]) else "other"
     r["fds"] = sorted(int(f) for f in os.listdir("/proc/self/fd") if int(f) > 2 and os.path.exists(f"/proc/self/fd/{f}") and os.readlink(f"/proc/self/fd/{f}") != f"/proc/{os.getpid()}/fd")
     r["fd_targets"] = {f: os.readlink(f"/proc/self/fd/{f}") for f in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{f}")}
     r["isatty"] = [os.isatty(0), os.isatty(1), os.isatty(2)]

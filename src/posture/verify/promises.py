@@ -23,13 +23,14 @@ TIOCSTI = "TIOCSTI refused"
 USERNS = "nested user namespaces refused"
 KERNEL = "kernel interfaces refused"
 PEERS = "other tailnet peers closed to the L4 host"
+AGENT = "agent's own credential absent"
 NETWORK = (INTERNAL, LOOPBACK)
 
 # What each level promises (the guest's own kernel at L3, the host's at L4: no kernel promises there).
 LEVEL_PROMISES: dict[str, tuple[str, ...]] = {
-    "l2": (CREDS, ENV, PROTECTED, STATE, INTERNAL, LOOPBACK, PUBLIC, TIOCSTI, USERNS, KERNEL),
-    "l3": (CREDS, ENV, PROTECTED, STATE, INTERNAL, LOOPBACK, PUBLIC),
-    "l4": (CREDS, ENV, STATE, PUBLIC, PEERS),
+    "l2": (CREDS, ENV, AGENT, PROTECTED, STATE, INTERNAL, LOOPBACK, PUBLIC, TIOCSTI, USERNS, KERNEL),
+    "l3": (CREDS, ENV, AGENT, PROTECTED, STATE, INTERNAL, LOOPBACK, PUBLIC),
+    "l4": (CREDS, ENV, AGENT, STATE, PUBLIC, PEERS),
 }
 
 
@@ -57,6 +58,8 @@ class Context:
     targets: Targets
     peers: list[str]  # tailnet peer addr:port tried from the L4 host
     project_visible: bool | None  # the probe's project write seen on the host (None: not checkable)
+    agent: str = ""  # the fake agent credential planted outside ("" when the profile has none)
+    agent_var: str = ""
 
 
 def _short(items: list[str], n: int = 4) -> str:
@@ -77,6 +80,18 @@ def env(r: dict[str, Any], c: Context) -> tuple[bool | None, str]:
     if hits:
         return False, "the planted secret is readable inside: " + _short(hits)
     return True, "the secret planted in the launching environment is in no variable and no /proc/*/environ inside"
+
+
+def agent(r: dict[str, Any], c: Context) -> tuple[bool | None, str]:
+    if not c.agent:
+        return None, "the profile names no API credential variable for its agent"
+    hits = [*r.get("agent_env_hits", []), *r.get("canaries_found", {}).get(c.agent, [])]
+    if hits:
+        return False, f"the agent's own {c.agent_var} (planted outside) is readable inside: " + _short(hits)
+    inside = r.get("agent_var_inside", "absent")
+    how = {"same shape": "a sentinel of the same shape, swapped by the session's gateway outside",
+           "absent": "nothing (this level has no door to the gateway)", "other": "a value of another shape"}[inside]
+    return True, f"the {c.agent_var} planted outside is in no variable, file or /proc/*/environ inside; inside it is {how}"
 
 
 def protected(r: dict[str, Any], c: Context) -> tuple[bool | None, str]:
@@ -159,7 +174,7 @@ def peers(r: dict[str, Any], c: Context) -> tuple[bool | None, str]:
 
 
 CHECKS: dict[str, Callable[[dict[str, Any], Context], tuple[bool | None, str]]] = {
-    CREDS: creds, ENV: env, PROTECTED: protected, STATE: state,
+    CREDS: creds, ENV: env, AGENT: agent, PROTECTED: protected, STATE: state,
     INTERNAL: lambda r, c: _net("internal", r, c), LOOPBACK: lambda r, c: _net("loopback", r, c), PUBLIC: lambda r, c: _net("public", r, c),
     TIOCSTI: tiocsti, USERNS: userns, KERNEL: kernel, PEERS: peers,
 }

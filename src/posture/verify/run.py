@@ -97,7 +97,7 @@ def _level(path: Path | None, level: str, profile: str | None) -> tuple[list[Row
     picked = targets.pick(_policy(plan.settings), kinds=targets.KINDS if local else ("public",))
     peer_targets = [] if local else _peer_targets(plan.settings)
     listener = None
-    planted = canary.plant(list(plan.profile.state_dirs), plan.profile.name)
+    planted = canary.plant(list(plan.profile.state_dirs), plan.profile.name, list(plan.profile.credential_env))
     try:
         if local and not picked.loopback and "loopback" not in picked.given:
             listener = targets.LoopbackListener()
@@ -128,7 +128,7 @@ def _level(path: Path | None, level: str, profile: str | None) -> tuple[list[Row
         tail = (err or out).strip().splitlines()[-3:]
         return promises.not_run(level, f"not run: the probe printed no report (exit {code}): {' | '.join(tail) or 'no output'}"), False
     ctx = promises.Context(cred=planted.cred, state=planted.state, cred_file=str(planted.cred_file), targets=picked,
-                           peers=[t.key for t in peer_targets], project_visible=visible)
+                           peers=[t.key for t in peer_targets], project_visible=visible, agent=planted.agent, agent_var=planted.agent_var)
     return promises.rows_for(level, report, ctx), True
 
 
@@ -163,7 +163,9 @@ def _config(level: str, plan: runner.Plan, spec: object, planted: canary.Canarie
         "gentle": True,
         "kernel": level == "l2",
         "canary": planted.cred,
-        "canaries": [planted.state],
+        "canaries": [planted.state, *([planted.agent] if planted.agent else [])],
+        "agent_secret": planted.agent or None,
+        "agent_var": planted.agent_var or None,
         "secret": planted.secret,
         "home": home,
         "project": project,
