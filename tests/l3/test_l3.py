@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from l3env import CREDS, GW_LOOPBACK_PORT, L3, probe_report, wait_for
+
 from testnet import INTERNAL, INTERNAL6, PORT, PUBLIC, PUBLIC6
 
 pytestmark = [pytest.mark.root, pytest.mark.l3]

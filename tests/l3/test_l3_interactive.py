@@ -8,8 +8,9 @@ import os
 import pty
 
 import pytest
-from support import read_until
 from l3env import L3, POSTURE, wait_for
+
+from support import read_until
 
 pytestmark = [pytest.mark.root, pytest.mark.l3]
 
