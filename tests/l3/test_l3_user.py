@@ -3,12 +3,13 @@ what guest root cannot leave on the host, two users at once, and the network hel
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from l3env import L3
+from l3env import L3, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.l3]
 
