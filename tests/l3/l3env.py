@@ -154,13 +154,16 @@ class L3:
     def popen(self, *args: str, cwd: Path | None = None, **kwargs) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*args), cwd=str(cwd or self.home), stdin=subprocess.DEVNULL, **kwargs)
 
-    def config(self, text: str = "") -> Path:
+    def config(self, text: str = "", replace: tuple[str, str] | None = None) -> Path:
         """A config dir holding this user's base config plus `text` (for XDG_CONFIG_HOME=...), readable by the user."""
         import tempfile
 
         d = Path(tempfile.mkdtemp(prefix="cfg-", dir=self.home))
         (d / "posture").mkdir()
-        (d / "posture" / "config.toml").write_text((self.xdg / "config" / "posture" / "config.toml").read_text() + text)
+        base = (self.xdg / "config" / "posture" / "config.toml").read_text()
+        if replace:
+            base = base.replace(*replace)
+        (d / "posture" / "config.toml").write_text(base + text)
         if self.user != "root":
             subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(d)], check=True)
         return d
