@@ -123,12 +123,15 @@ class LibvirtBackend(Backend):
                 conn.close()
             checks.append(Check("l3 libvirtd", True, f"{uri} answers (libvirt {ver // 1000000}.{ver // 1000 % 1000})"))
             if probe:
-                checks.append(_kvm_node_check(qemu_gid) if os.geteuid() == 0 else _user_kvm_check())
+                if os.geteuid() == 0:
+                    checks.append(_kvm_node_check(qemu_gid))
             checks.append(Check("l3 shared memory", memfd, "memfd memory backing supported" if memfd else "memfd memory backing not offered", "" if memfd else "use libvirt >= 6.0 and QEMU >= 4.0"))
         except Unavailable as exc:
             checks.append(Check("l3 libvirtd", False, exc.message, exc.fix or ""))
         except Exception as exc:  # noqa: BLE001 - any libvirt failure is a failed check
             checks.append(Check("l3 libvirtd", False, str(exc), "check libvirtd's log"))
+        if probe and os.geteuid() != 0:
+            checks.append(_user_kvm_check())
         try:
             checks.append(Check("l3 virtiofsd", True, virtiofs.find_virtiofsd()))
         except Unavailable as exc:

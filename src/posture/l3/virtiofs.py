@@ -205,7 +205,9 @@ def _setup_script(view: View, binds: list[tuple[str, str, bool, bool]], network:
         "mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs $R/run",
     ]
     # the home may lie below a tmpfs mounted above (a home under /tmp): make its mount point first
-    mounts: list[tuple[str, str]] = [(view.home, f"mkdir -p $R{q(view.home)} 2>/dev/null; mount -t tmpfs -o nosuid,nodev,mode=700,uid={view.uid},gid={view.gid} tmpfs $R{q(view.home)}")]
+    # the home belongs to whoever runs the commands: the user, or guest root with [l3] guest_root
+    huid, hgid = (view.uid, view.gid) if as_user or view.uid == 0 else (0, 0)
+    mounts: list[tuple[str, str]] = [(view.home, f"mkdir -p $R{q(view.home)} 2>/dev/null; mount -t tmpfs -o nosuid,nodev,mode=700,uid={huid},gid={hgid} tmpfs $R{q(view.home)}")]
     for src, target, is_dir, ro in binds:
         make = f"mkdir -p $R{q(target)}" if is_dir else f"mkdir -p $R{q(os.path.dirname(target))} && touch $R{q(target)}"
         cmd = f"{make} && mount -o bind $R{q(src)} $R{q(target)}"
