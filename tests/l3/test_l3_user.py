@@ -180,3 +180,70 @@ def test_root_still_runs_l3(l3: L3) -> None:
     assert proc.stdout.split()[0] == "0"
     assert (project / "made.txt").stat().st_uid == 0
     assert r.domains() == []
+
+
+FILTER_PROBE = r"""
+import errno, os, sys
+sys.path.insert(0, sys.argv[1])
+import stage
+from posture.l3 import fsfilter
+d = sys.argv[2]
+open(f"{d}/bpf", "wb").write(fsfilter.build())
+stage.enter_userns(os.getuid(), os.getgid())
+stage.load_filter(f"{d}/bpf")
+def t(fn):
+    try:
+        fn(); return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+r = {
+    "setgroups": t(lambda: os.setgroups([])),
+    "chmod644": t(lambda: os.chmod(f"{d}/f", 0o644)),
+    "chmod4755": t(lambda: os.chmod(f"{d}/f", 0o4755)),
+    "chmod2755": t(lambda: os.chmod(f"{d}/f", 0o2755)),
+    "create4755": t(lambda: os.close(os.open(f"{d}/g", os.O_CREAT | os.O_WRONLY, 0o4755))),
+    "create644": t(lambda: os.close(os.open(f"{d}/h", os.O_CREAT | os.O_WRONLY, 0o644))),
+    "open_existing": t(lambda: os.close(os.open(f"{d}/f", os.O_RDONLY, 0o7777))),
+    "mkdir_sgid": t(lambda: os.mkdir(f"{d}/sg", 0o2755)),
+    "mknod_chr": t(lambda: os.mknod(f"{d}/c", 0o600 | 0o020000, os.makedev(1, 3))),
+    "mkfifo": t(lambda: os.mkfifo(f"{d}/p")),
+    "chown_other": t(lambda: os.chown(f"{d}/f", 4242, -1)),
+    "chown_root": t(lambda: os.chown(f"{d}/f", 0, 0)),
+    "chown_self": t(lambda: os.chown(f"{d}/f", os.getuid(), os.getgid())),
+    "setxattr": t(lambda: os.setxattr(f"{d}/f", "user.x", b"1")),
+}
+print(r)
+"""
+
+
+def test_virtiofsd_filter_and_namespace_refuse_what_they_must(tmp_path: Path) -> None:
+    """Without a guest: the user namespace (only the user's ids) and l3/fsfilter.py's filter, as virtiofsd gets them,
+    applied to a process of posture-test (controls: ordinary chmod, create and chown to oneself work)."""
+    import ast
+    import pwd
+
+    from l3env import USER
+
+    pw = pwd.getpwnam(USER)
+    d = Path("/tmp") / f"posture-filter-{os.getpid()}"
+    d.mkdir(mode=0o755)
+    try:
+        (d / "f").write_text("x")
+        subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(d)], check=True)
+        stage_dir = str(Path(__import__("posture.l3.stage", fromlist=["x"]).__file__).parent)
+        proc = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+                               os.sys.executable, "-c", FILTER_PROBE, stage_dir, str(d)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        r = ast.literal_eval(proc.stdout.strip())
+        assert r == {
+            "setgroups": "ok",  # a no-op: virtiofsd's start needs it to succeed; the process keeps the user's own groups
+            "chmod644": "ok", "chmod4755": "EPERM", "chmod2755": "EPERM",
+            "create4755": "EPERM", "create644": "ok", "open_existing": "ok", "mkdir_sgid": "EPERM",
+            "mknod_chr": "EPERM", "mkfifo": "ok",
+            "chown_other": "EINVAL", "chown_root": "EINVAL", "chown_self": "ok",
+            "setxattr": "EPERM",
+        }, r
+        assert not (d / "g").exists()
+        assert not any(p.stat().st_mode & 0o6000 for p in d.iterdir())
+    finally:
+        subprocess.run(["rm", "-rf", str(d)])
