@@ -54,6 +54,8 @@ try cp /bin/sh setuid-sh
 [ -e setuid-sh ] && try chmod 4755 setuid-sh
 python3 -c "import os; os.close(os.open('made-setuid', os.O_CREAT | os.O_WRONLY, 0o4755))" 2>/dev/null && echo "open-4755:ok" || echo "open-4755:refused"
 echo appended >> mine.txt && echo "write-existing:ok"
+for p in .git/config .git/hooks/pre-commit; do echo evil >> $p 2>/dev/null && echo "protected-$p:ok" || echo "protected-$p:refused"; done
+chmod 0777 .git/config 2>/dev/null && echo "protected-chmod:ok" || echo "protected-chmod:refused"
 true
 """
 
@@ -66,6 +68,7 @@ def test_guest_root_cannot_leave_foreign_setuid_or_device_files(l3: L3) -> None:
     (project / "tool.sh").write_text("#!/bin/sh\n")
     l3.run_as("chmod", "0755", str(project / "tool.sh"))
     subprocess.run(["chown", f"{l3.uid}:{l3.gid}", str(project / "mine.txt"), str(project / "tool.sh")], check=True)
+    config_before = (project / ".git" / "config").read_text()
     cfg = l3.config('guest_root = true\n')
     proc = _exec(l3, project, GUEST_ROOT_ATTACKS, XDG_CONFIG_HOME=str(cfg))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -74,7 +77,11 @@ def test_guest_root_cannot_leave_foreign_setuid_or_device_files(l3: L3) -> None:
     for attack in ("chown", "chgrp", "chmod", "mknod", "open-4755", "create-as-root"):
         assert out.get(attack) == "refused", (attack, proc.stdout)
     assert out.get("write-existing") == "ok", proc.stdout  # control: guest root still reaches the user's own files
+    for attack in ("protected-.git/config", "protected-.git/hooks/pre-commit", "protected-chmod"):
+        assert out.get(attack) == "refused", (attack, proc.stdout)  # read-only on the host side, even to guest root
     assert (project / "mine.txt").read_text() == "mine\nappended\n"
+    assert (project / ".git" / "config").read_text() == config_before
+    print(proc.stdout)  # what each attack got, for the record
     for path in project.rglob("*"):
         st = os.lstat(path)
         assert (st.st_uid, st.st_gid) == (l3.uid, l3.gid), (path, st.st_uid, st.st_gid)
