@@ -16,12 +16,13 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 LIBVIRTD_CONF = """unix_sock_dir = "{sock}"
-unix_sock_ro_perms = "0700"
-unix_sock_rw_perms = "0700"
+unix_sock_group = "libvirt"
+unix_sock_ro_perms = "0770"
+unix_sock_rw_perms = "0770"
 auth_unix_ro = "none"
 auth_unix_rw = "none"
 log_outputs = "{level}:file:{base}/libvirtd.log"
@@ -39,6 +40,8 @@ def private_libvirtd(netns: str | None, base: Path, timeout: float = 60.0) -> It
     etc, sock = base / "etc", base / "sock"
     for d in (etc / "qemu", sock):
         d.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o755)
+    os.chmod(sock, 0o755)  # the socket itself is for the libvirt group (as Debian's system socket is)
     (etc / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(sock=sock, base=base, level=os.environ.get("POSTURE_TEST_LIBVIRTD_LOG_LEVEL", "3"), filters=os.environ.get("POSTURE_TEST_LIBVIRTD_LOG_FILTERS", "")))
     (etc / "qemu.conf").write_text(QEMU_CONF)
     # Debian's udev makes /dev/kvm 0660 root:kvm; hosts without udev leave it 0600, and then

@@ -8,15 +8,16 @@ import os
 import pty
 
 import pytest
+from l3env import L3, wait_for
+
 from support import read_until
-from l3env import L3, POSTURE, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.l3]
 
 
 def test_up_attaches_a_terminal_and_ends_with_the_agent(l3: L3) -> None:
     project = l3.make_project("interactive")
-    env = l3.env(COLUMNS="123", LINES="37")
+    argv = l3.argv("up", "--level", "l3", "--profile", "shell", COLUMNS="123", LINES="37")  # as the ordinary user
     pid, fd = pty.fork()
     if pid == 0:  # child: the user's terminal is this pty
         import fcntl
@@ -25,7 +26,7 @@ def test_up_attaches_a_terminal_and_ends_with_the_agent(l3: L3) -> None:
 
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 37, 123, 0, 0))
         os.chdir(str(project))
-        os.execve(POSTURE, [POSTURE, "up", "--level", "l3", "--profile", "shell"], env)
+        os.execvp(argv[0], argv)
     try:
         first = read_until(fd, (b"# ", b"$ "), timeout=180)
         assert b"# " in first or b"$ " in first, first[-2000:]

@@ -20,6 +20,7 @@ TABLE = {
     "accel": c.one_of("auto", "kvm", "tcg"),
     "agent": c.one_of("auto", "native", "python"),
     "boot_timeout": c.whole(5, 3600),
+    "guest_root": c.boolean,  # the agent's commands run as guest root instead of the user (the host side holds either way)
 }
 
 

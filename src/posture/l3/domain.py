@@ -3,7 +3,12 @@
 q35 with direct kernel boot (libvirt 9.0 here has no microvm type), memfd shared memory
 (vhost-user virtio-fs needs it), two virtio-fs shares whose virtiofsd posture starts itself,
 a virtio-serial channel to a unix socket for the exec agent, optional user-mode networking,
-and nothing else: no disks, no graphics, no USB, no balloon.
+and nothing else: no disks, no graphics, no USB, no balloon. For an ordinary user the
+domain carries a static DAC label: libvirt runs its QEMU as the user's uid, with libvirt's
+QEMU group as primary group (libvirt's own per-domain directory, /var/lib/libvirt/qemu, is
+only open to that group) and the user's groups as supplementary ones (so /dev/kvm opens
+when the user is in `kvm`). The QEMU process is then the user's own, which is what the
+network helper checks (netd/vm.py).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class DomainSpec:
     console_log: str
     network: bool
     cmdline: str = CMDLINE
+    uuid: str = ""
+    user: tuple[int, int] | None = None  # (uid, gid) QEMU runs as; None: libvirt's own QEMU user and group
 
 
 def xml(spec: DomainSpec) -> str:
@@ -41,8 +48,12 @@ def xml(spec: DomainSpec) -> str:
     net = (
         "<interface type='user'><model type='virtio'/><rom enabled='no'/></interface>" if spec.network else ""
     )
+    uuid = f"<uuid>{escape(spec.uuid)}</uuid>" if spec.uuid else ""
+    label = (f"<seclabel type='static' model='dac' relabel='yes'><label>+{spec.user[0]}:+{spec.user[1]}</label></seclabel>"
+             if spec.user is not None else "")
     return f"""<domain type={a('kvm' if spec.accel == 'kvm' else 'qemu')}>
   <name>{escape(spec.name)}</name>
+  {uuid}
   <memory unit='MiB'>{spec.memory_mib}</memory>
   <vcpu>{spec.cpus}</vcpu>
   <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>
@@ -83,5 +94,6 @@ def xml(spec: DomainSpec) -> str:
     <video><model type='none'/></video>
     <memballoon model='none'/>
   </devices>
+  {label}
 </domain>
 """

@@ -13,9 +13,9 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..errors import Unavailable
 
@@ -32,6 +32,7 @@ class GuestAgent:
     files: dict[str, tuple[Path, int]] = field(default_factory=dict)  # name in the guest dir -> (source, mode)
     argv: list[str] = field(default_factory=list)  # run by switch_root; `--device DEV` is appended
     why: str = ""
+    uid: int | None = None  # set when a dropper runs it as this uid (l3/guestuser.py); None: guest root
 
 
 def compiler() -> str | None:

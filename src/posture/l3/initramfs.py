@@ -25,7 +25,7 @@ MODULES: tuple[str, ...] = (
     "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
     "fuse", "virtiofs", "virtio_console", "failover", "net_failover", "virtio_net",
 )
-BUSYBOX_APPLETS = ("sh", "mount", "mkdir", "insmod", "switch_root", "cat", "ip", "ln", "touch", "echo", "sleep", "usleep", "seq", "poweroff", "chroot")
+BUSYBOX_APPLETS = ("sh", "mount", "mkdir", "insmod", "switch_root", "cat", "ip", "ln", "touch", "echo", "sleep", "usleep", "seq", "poweroff", "chroot", "chown")
 
 INIT = r"""#!/bin/sh
 export PATH=/bin

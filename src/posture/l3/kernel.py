@@ -1,7 +1,8 @@
 """Find a kernel (and its modules) for L3 guests, or fetch Debian's cloud kernel.
 
 Order: the user config's `[l3] kernel`/`modules`; the host's own kernel when readable;
-then what `posture setup --l3-kernel` unpacked into posture's data dir. Packages are
+then what `posture setup --l3-kernel` unpacked into /var/lib/posture/l3 (world-readable, so
+every user's sessions find it; root's data dir of older versions is still looked in). Packages are
 fetched with `apt-get download` and unpacked with `dpkg-deb -x`, never installed.
 The guest init needs a static busybox: the host's `/bin/busybox` when it is static, else
 one unpacked from Debian's `busybox-static` the same way.
@@ -24,7 +25,8 @@ from ..errors import Unavailable
 
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
-SETUP_FIX = "run `posture setup --l3-kernel` as root, or set [l3] kernel and modules in the user config"
+SETUP_FIX = "run `sudo posture setup --l3-kernel` once (it unpacks Debian's cloud kernel into /var/lib/posture/l3), or set [l3] kernel and modules in the user config"
+SYSTEM_ASSETS = Path("/var/lib/posture/l3")
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,18 @@ class Kernel:
 
 
 def assets_dir() -> Path:
-    """Where fetched L3 assets live: posture's data dir."""
-    return paths.data_dir() / "l3"
+    """Where `posture setup --l3-kernel` puts fetched L3 assets: a system directory every user can read."""
+    return Path(os.environ.get("POSTURE_L3_ASSETS") or SYSTEM_ASSETS)
+
+
+def _asset_dirs() -> list[Path]:
+    """Where fetched assets are looked for: the system directory, then the data dir older versions used."""
+    out = [assets_dir()]
+    try:
+        legacy = paths.data_dir() / "l3"
+    except RuntimeError:
+        return out
+    return out if legacy == out[0] else [*out, legacy]
 
 
 def _release_of(modules: Path) -> str:
@@ -47,12 +59,31 @@ def _release_of(modules: Path) -> str:
 
 
 def _fetched() -> Kernel | None:
-    root = assets_dir() / "kernel"
-    for image in sorted((root / "boot").glob("vmlinuz-*"), reverse=True):
-        release = image.name[len("vmlinuz-"):]
-        modules = root / "lib" / "modules" / release
-        if modules.is_dir() and os.access(image, os.R_OK):
-            return Kernel(image, modules, release, "fetched")
+    for base in _asset_dirs():
+        root = base / "kernel"
+        for image in sorted((root / "boot").glob("vmlinuz-*"), reverse=True):
+            release = image.name[len("vmlinuz-"):]
+            modules = root / "lib" / "modules" / release
+            if modules.is_dir() and os.access(image, os.R_OK):
+                return Kernel(image, modules, release, "fetched")
+    return None
+
+
+def fetched_dirs() -> list[Path]:
+    """The directories holding fetched assets now (what `setup --remove --purge` deletes)."""
+    return [d for d in _asset_dirs() if d.is_dir()]
+
+
+def fetched_but_unreadable() -> Path | None:
+    """A fetched kernel image this user cannot read (set up by an older version, in root's data dir), for doctor."""
+    for base in (SYSTEM_ASSETS, Path("/root/.local/share/posture/l3")):
+        try:
+            images = sorted((base / "kernel" / "boot").glob("vmlinuz-*"))
+        except OSError:
+            return base
+        for image in images:
+            if not os.access(image, os.R_OK):
+                return image
     return None
 
 
@@ -85,7 +116,7 @@ def find_kernel(l3: dict[str, Any]) -> Kernel:
 
 def find_busybox() -> Path:
     """A statically linked busybox for the initramfs."""
-    for candidate in (Path("/bin/busybox"), Path("/usr/bin/busybox"), assets_dir() / "busybox" / "bin" / "busybox"):
+    for candidate in (Path("/bin/busybox"), Path("/usr/bin/busybox"), *(d / "busybox" / "bin" / "busybox" for d in _asset_dirs())):
         if candidate.is_file() and _is_static(candidate):
             return candidate
     raise Unavailable("no static busybox for the L3 guest's init", fix=SETUP_FIX)
@@ -141,15 +172,26 @@ def fetch_package(package: str, dest: Path) -> str:
             raise Unavailable(f"apt-get download {package} produced no .deb", fix="check apt sources")
         unpacked = work / "root"
         _run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)])
+        for dirpath, dirs, files in os.walk(unpacked):  # every user boots it: readable by all
+            for name in dirs:
+                os.chmod(os.path.join(dirpath, name), 0o755)
+            for name in files:
+                full = os.path.join(dirpath, name)
+                if not os.path.islink(full):
+                    os.chmod(full, os.stat(full).st_mode & 0o7777 | 0o444)
         if dest.exists():
             shutil.rmtree(dest)
+        os.chmod(unpacked, 0o755)
         unpacked.rename(dest)
         return debs[0].name
 
 
 def fetch_kernel() -> list[str]:
-    """Fetch and unpack Debian's cloud kernel (and a static busybox) into the data dir."""
+    """Fetch and unpack Debian's cloud kernel (and a static busybox) into assets_dir()."""
     done = []
+    assets_dir().mkdir(parents=True, exist_ok=True, mode=0o755)
+    for d in (assets_dir().parent, assets_dir()):
+        os.chmod(d, 0o755)
     versioned = _resolve_versioned(KERNEL_PACKAGE)
     deb = fetch_package(versioned, assets_dir() / "kernel")
     done.append(f"L3 kernel: unpacked {deb} into {assets_dir() / 'kernel'}")

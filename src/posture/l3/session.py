@@ -7,6 +7,13 @@ exec agent runs as the guest's first process on a virtio-serial port. The domain
 with the autodestroy flag from the process that holds the session (keeper or `posture
 exec`), so a dying posture takes its VM along. Network: QEMU's user-mode stack, from a QEMU
 process placed in the network helper's cgroup, so the same nftables rule as L2 governs it.
+
+Root and ordinary users (in the `libvirt` group, for libvirt's system socket) take the same
+path with three differences for the user: virtiofsd runs as the user in a user namespace
+mapping only the user's ids (l3/virtiofs.py), QEMU runs as the user (a static DAC label,
+l3/domain.py), and the session's files live in the user's runtime dir instead of
+/run/posture-l3. The agent's commands run as the view's uid (the user's) in the guest,
+unless `[l3] guest_root = true`.
 """
 
 from __future__ import annotations
@@ -18,15 +25,18 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid as uuidmod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import channel
+from .. import channel, paths
 from ..errors import InternalError, Unavailable
 from ..lazy import lazy
 from ..session import Session, SessionRecord, StartSpec, release_placeholders, session_runtime_dir
 
 if TYPE_CHECKING:
+    from ..l3.kernel import Kernel
+    from ..l3.l3net import Attachment
     from ..l3.mux import Mux
     from ..view import View
 
@@ -39,13 +49,21 @@ l3net = lazy("posture.l3.l3net")
 virtiofs = lazy("posture.l3.virtiofs")
 guestagent = lazy("posture.l3.guestagent")
 mux = lazy("posture.l3.mux")
+guestuser = lazy("posture.l3.guestuser")
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_CPUS = 2 if (os.cpu_count() or 1) >= 2 else 1  # the agent's builds and tests run in parallel (TCG is multi-threaded too)
 DEFAULT_BOOT_TIMEOUT = 60
 EXPOSED_ROOT = Path("/run/posture-l3")  # files QEMU (libvirt's qemu user) must open: kernel, initrd, sockets
-ROOT_FIX = "run posture as root for L3 (libvirt's system instance, virtiofsd and the staging mounts need it)"
+LIBVIRT_GROUP_FIX = "add yourself to the libvirt group (`sudo adduser $USER libvirt`, then log in again), or set [l3] uri"
+
+
+def exposed_root() -> Path:
+    """Where a session's VM files live (kernel, initrd, sockets): /run/posture-l3 for root, else the user's runtime dir."""
+    if os.geteuid() == 0:
+        return EXPOSED_ROOT
+    return paths.runtime_dir() / "l3"
 
 
 class _BootTimeout(Unavailable):
@@ -62,7 +80,7 @@ def _t(what: str) -> None:
 
 def _libvirt():
     try:
-        import libvirt  # type: ignore[import-not-found]
+        import libvirt
     except ImportError:
         raise Unavailable("the libvirt Python binding is not installed", fix="pip install 'posture[l3]' (libvirt-python)") from None
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -84,7 +102,10 @@ def connect(uri: str):
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise Unavailable(f"cannot reach libvirtd at {uri}: {exc.get_error_message()}", fix="start libvirtd (`libvirtd -d` or `systemctl start libvirtd`), or set [l3] uri") from None
+        msg = exc.get_error_message()
+        if os.geteuid() != 0 and ("ermission denied" in msg or "authentication" in msg.lower()):
+            raise Unavailable(f"cannot reach libvirtd at {uri}: {msg}", fix=LIBVIRT_GROUP_FIX) from None
+        raise Unavailable(f"cannot reach libvirtd at {uri}: {msg}", fix="start libvirtd (`libvirtd -d` or `systemctl start libvirtd`), or set [l3] uri") from None
 
 
 def qemu_ids(conn) -> tuple[int | None, int | None]:
@@ -96,12 +117,14 @@ def qemu_ids(conn) -> tuple[int | None, int | None]:
     return (int(m.group(1)), int(m.group(2))) if m else (None, None)
 
 
-def _exposed_boot_files(k: kernel.Kernel) -> tuple[Path, Path]:
-    """Kernel and initramfs where QEMU can read them (copied/cached under /run/posture-l3/boot)."""
-    boot = EXPOSED_ROOT / "boot"
+def _exposed_boot_files(k: Kernel) -> tuple[Path, Path]:
+    """Kernel and initramfs where QEMU can read them (copied/cached under exposed_root()/boot)."""
+    base = exposed_root()
+    boot = base / "boot"
     boot.mkdir(parents=True, exist_ok=True, mode=0o755)
-    os.chmod(EXPOSED_ROOT, 0o711)
-    os.chmod(boot, 0o755)
+    if os.geteuid() == 0:
+        os.chmod(base, 0o711)
+        os.chmod(boot, 0o755)
     st = k.image.stat()
     image = boot / f"vmlinuz-{k.release}-{st.st_size}-{st.st_mtime_ns}"
     if not image.exists():
@@ -120,11 +143,11 @@ class LibvirtSession(Session):
         super().__init__(record)
         self.view: View | None = None
         self.settings = settings
-        self.conn = None
-        self.dom = None
+        self.conn: Any = None  # a libvirt connection
+        self.dom: Any = None  # a libvirt domain
         self.mux: Mux | None = None
         self.stage: subprocess.Popen | None = None
-        self.net: l3net.Attachment | None = None
+        self.net: Attachment | None = None
 
     # ------------------------------------------------------------ paths
     @property
@@ -135,7 +158,7 @@ class LibvirtSession(Session):
         return session_runtime_dir(self.record.id)
 
     def _exposed(self) -> Path:
-        return EXPOSED_ROOT / self.record.id
+        return exposed_root() / self.record.id
 
     # ------------------------------------------------------------ lifecycle
     def start(self, spec: StartSpec) -> None:
@@ -159,27 +182,27 @@ class LibvirtSession(Session):
     def _start_once(self, stall: bool = False) -> None:
         if self.view is None:
             raise InternalError("an L3 session starts from a view")
-        if os.geteuid() != 0:
-            raise Unavailable("L3 sessions need root on this host", fix=ROOT_FIX)
+        user = (os.getuid(), os.getgid()) if os.geteuid() != 0 else None  # an ordinary user: QEMU and virtiofsd run as the user
         _t("start")
         l3 = _l3(self.settings)
         k = kernel.find_kernel(l3)
         acc, why = accelmod.choose(k, l3.get("accel", "auto"))
         uri = uri_of(self.settings)
         self.conn = connect(uri)
-        _uid, gid = qemu_ids(self.conn)
+        qemu_gid = qemu_ids(self.conn)[1]
+        gid = None if user else qemu_gid
         cached_image, cached_initrd = _exposed_boot_files(k)
         run = self._exposed()
         if run.exists():
             shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(parents=True, mode=0o750)
+        run.mkdir(parents=True, mode=0o750 if user is None else 0o700)
         # per-session links: the VM keeps its files even if the cache is cleared meanwhile
         image, initrd = run / "vmlinuz", run / "initrd"
         os.link(cached_image, image)
         os.link(cached_initrd, initrd)
         if gid is not None:
             os.chown(run, 0, gid)
-        os.chmod(run, 0o750)
+            os.chmod(run, 0o750)
         network = l3net.wanted(self.view)
         plan_net = l3net.prepare(self.settings, self.view) if network else None
         self.record.data.update({
@@ -192,9 +215,12 @@ class LibvirtSession(Session):
         with os.fdopen(fd, "w") as fh:
             json.dump(self.view.env.env, fh)
         _t("prepared")
-        agent = guestagent.choose(l3.get("agent", "auto"), EXPOSED_ROOT / "boot", virtiofs.GUEST, virtiofs.GUEST_PYTHON, virtiofs.agent_pycs)
-        self.record.data["agent"] = agent.kind
-        served = virtiofs.serve(self.view, run, gid, network, agent=agent, stall=stall)
+        cache = exposed_root() / "boot"
+        agent = guestagent.choose(l3.get("agent", "auto"), cache, virtiofs.GUEST, virtiofs.GUEST_PYTHON, virtiofs.agent_pycs)
+        if self.view.uid != 0 and not l3.get("guest_root"):
+            agent = guestuser.as_user(agent, self.view.uid, self.view.gid, cache, virtiofs.GUEST)
+        self.record.data.update({"agent": agent.kind, "guest_uid": agent.uid or 0})
+        served = virtiofs.serve(self.view, run, gid, network, agent=agent, stall=stall, user=user)
         _t("staged")
         self.stage = served.proc
         self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders, "placeholder_registry": served.registry})
@@ -203,6 +229,7 @@ class LibvirtSession(Session):
             memory_mib=int(l3.get("memory_mib", DEFAULT_MEMORY_MIB)), cpus=int(l3.get("cpus", DEFAULT_CPUS)),
             root_socket=served.sockets["root"], rw_socket=served.sockets["rw"],
             channel_socket=str(run / "exec.chan"), console_log=str(run / "console.log"), network=network,
+            uuid=str(uuidmod.uuid4()), user=None if user is None else (user[0], qemu_gid if qemu_gid is not None else user[1]),
         )
         libvirt = _libvirt()
         flags = libvirt.VIR_DOMAIN_START_AUTODESTROY
@@ -314,10 +341,11 @@ class LibvirtSession(Session):
             release_placeholders(data["placeholder_registry"], self.record.id)
             data["placeholders"] = []
         if data.get("exposed"):
-            try:  # keep the guest's console for `posture status` / debugging
-                shutil.copyfile(Path(data["exposed"]) / "console.log", self._runtime() / "console.log")
-            except OSError:
-                pass
+            for log in ("console.log", "stage.log", "virtiofsd-root.log", "virtiofsd-rw.log"):
+                try:  # keep the guest's console and virtiofsd's words for `posture status` / debugging
+                    shutil.copyfile(Path(data["exposed"]) / log, self._runtime() / log)
+                except OSError:
+                    pass
             shutil.rmtree(data["exposed"], ignore_errors=True)
         for name in ("exec.sock", "env.json"):
             (self._runtime() / name).unlink(missing_ok=True)

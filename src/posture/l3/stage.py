@@ -1,9 +1,18 @@
 """Stage a view for virtio-fs and serve it: run inside a private mount namespace.
 
 Standard library only, run as a script:
-    unshare -m --propagation private -- python3 -I -S stage.py SPEC.json
+    unshare -m --propagation private -- python3 -I -S stage.py SPEC.json     (root)
+    python3 -I -S stage.py SPEC.json                                         (an ordinary user)
 
-SPEC is {"ops": [...], "daemons": [...]}. Each op is one of
+With "userns": {"uid", "gid"} in SPEC (the ordinary user), this process first enters a
+user namespace of its own mapping exactly that uid and gid to themselves (nothing else is
+mapped: no root, no other user) and a private mount namespace owned by it. Each virtiofsd
+then runs as the user with the namespace's capabilities (raised as ambient capabilities,
+so they count only for the user's own files), on a listening socket made here (`--fd`),
+under the seccomp filter in SPEC's "filter" file (see l3/fsfilter.py): it can create files
+only as the user, chown them to no one else, and never set setuid/setgid bits.
+
+SPEC is {"ops": [...], "daemons": [...], "userns"?: {...}, "filter"?: path, "caps"?: [n, ...]}. Each op is one of
     {"op": "tmpfs", "path", "size"}            a fresh tmpfs
     {"op": "mkdir", "path"}                    a directory (and parents)
     {"op": "touch", "path"}                    an empty file (parents made)
@@ -25,8 +34,11 @@ import signal
 import sys
 import time
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
-PR_SET_PDEATHSIG = 1
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+LOCKED = 2 | 4 | 8 | 1024 | 2048 | 4096  # nosuid nodev noexec noatime nodiratime relatime: kept on a remount in a user namespace
+PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 22, 47, 2
+CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000
+USER_MODE = {"on": False}  # binds get nosuid,nodev too
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -39,6 +51,77 @@ def mount(src, dst, fstype, flags, data=None):
 
 def die_with_parent():
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _locked(path):
+    """The flags of the mount at `path` that a remount must keep (statvfs's ST_* equal the MS_* values)."""
+    return os.statvfs(path).f_flag & LOCKED
+
+
+def enter_userns(uid, gid):
+    """A user namespace mapping only `uid` and `gid` to themselves, and a private mount namespace in it."""
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWUSER|CLONE_NEWNS): {os.strerror(err)}")
+    for name, data in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1\n"), ("gid_map", f"{gid} {gid} 1\n")):
+        with open(f"/proc/self/{name}", "w") as fh:
+            fh.write(data)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    USER_MODE["on"] = True
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def ambient(caps):
+    """Keep `caps` (capability numbers, of this user namespace) across execve as ambient capabilities."""
+    head, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(head), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    for cap in caps:
+        data[cap // 32].inheritable |= 1 << (cap % 32)
+    if libc.capset(ctypes.byref(head), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+    for cap in caps:
+        if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"ambient capability {cap}")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_filter(path):
+    """Install the seccomp BPF program in `path` (this process and what it execs)."""
+    with open(path, "rb") as fh:
+        code = fh.read()
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = _SockFprog(len(code) // 8, ctypes.addressof(buf))
+    if libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(prog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter")
+
+
+def listen(path):
+    """A listening unix socket at `path` (mode 0600) for virtiofsd's --fd."""
+    import socket
+
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(1)
+    return sock
 
 
 def apply(op):
@@ -69,9 +152,11 @@ def apply(op):
     elif kind == "bind":
         mount(op["src"], path, None, MS_BIND | MS_REC)
         if op.get("ro"):
-            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | _locked(path))
+        elif USER_MODE["on"]:
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | _locked(path))
     elif kind == "remount_ro":
-        mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | _locked(path))
     else:
         raise ValueError(f"unknown op {kind}")
 
@@ -82,6 +167,12 @@ def main():
         sys.exit(1)
     with open(sys.argv[1]) as fh:
         spec = json.load(fh)
+    if spec.get("userns"):
+        try:
+            enter_userns(int(spec["userns"]["uid"]), int(spec["userns"]["gid"]))
+        except OSError as exc:
+            print(f"stage: user namespace: {exc.strerror}", file=sys.stderr, flush=True)
+            sys.exit(69)
     for op in spec["ops"]:
         try:
             apply(op)
@@ -91,16 +182,28 @@ def main():
     children = []
     for daemon in spec["daemons"]:
         log = os.open(daemon["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        listener = listen(daemon["listen"]) if daemon.get("listen") else None
+        argv = list(daemon["argv"]) + ([f"--fd={listener.fileno()}"] if listener else [])
         pid = os.fork()
         if pid == 0:
             try:
                 die_with_parent()
                 os.dup2(log, 1)
                 os.dup2(log, 2)
-                os.execv(daemon["argv"][0], daemon["argv"])
+                if listener is not None:
+                    os.set_inheritable(listener.fileno(), True)
+                if spec.get("caps"):
+                    ambient(spec["caps"])
+                if spec.get("filter"):
+                    load_filter(spec["filter"])
+                os.execv(argv[0], argv)
+            except OSError as exc:
+                os.write(2, f"stage: starting {argv[0]}: {exc}\n".encode())
             finally:
                 os._exit(127)
         os.close(log)
+        if listener is not None:
+            listener.close()
         children.append(pid)
     deadline = time.monotonic() + 10
     while not all(os.path.exists(d["socket"]) for d in spec["daemons"]):

@@ -109,6 +109,7 @@ class Daemon:
             "status": (requests.STATUS, self.op_status),
             "attach": (requests.ATTACH, self.op_attach),
             "release": (requests.RELEASE, self.op_release),
+            "vm": (requests.VM, self.op_vm),  # an L3 session's QEMU under the rule: netd/vm.py
         }
 
     def _default_base(self) -> str:
@@ -178,6 +179,12 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an answer
             _log(f"request of uid {uid} failed: {exc!r}")
             return {"ok": False, "code": "failed", "error": f"network helper: {exc}"}
+
+    def op_vm(self, uid: int, args: dict[str, Any]) -> Answer:
+        """Put an L3 session's QEMU (found by the helper, owned by the caller) under the rule, or release it."""
+        from . import vm
+
+        return vm.handle(self, uid, args)
 
     def op_status(self, uid: int, args: dict[str, Any]) -> Answer:
         """The helper's state and whether its rule is in force."""

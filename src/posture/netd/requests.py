@@ -147,3 +147,28 @@ ATTACH: Schema = {
     "block": Field(networks, required=False, default=()),
 }
 RELEASE: Schema = {"session": Field(session_id)}
+
+
+def vm_action(where: str, value: Any) -> str:
+    """attach or release."""
+    if value not in ("attach", "release"):
+        raise BadRequest(f"{where} must be attach or release, not {str(value)[:40]!r}")
+    return value
+
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def uuid(where: str, value: Any) -> str:
+    """A domain's UUID, lower-case."""
+    if not isinstance(value, str) or not UUID.match(value.lower()):
+        raise BadRequest(f"{where} must be a domain UUID")
+    return value.lower()
+
+
+VM: Schema = {
+    "action": Field(vm_action),
+    "session": Field(session_id),
+    "uuid": Field(uuid, required=False, default=""),
+    "block": Field(networks, required=False, default=[]),
+}
