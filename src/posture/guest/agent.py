@@ -65,6 +65,7 @@ class Agent:
         self.sel = selectors.DefaultSelector()
         self.by_pid: dict[int, Proc] = {}
         self.listener = None  # a socket.socket in the socket modes
+        self.forward = None  # forward.Forward when the session has a gateway
         self.sig_r, sig_w = os.pipe()
         os.set_blocking(self.sig_r, False)
         os.set_blocking(sig_w, False)
@@ -314,9 +315,11 @@ class Agent:
     # ------------------------------------------------------------ loop
     def run(self) -> None:
         while True:
-            for key, _ in self.sel.select():
+            for key, mask in self.sel.select():
                 what, obj = key.data
-                if what == "sig":
+                if what == "fwd":  # the gateway forwarder (forward.py)
+                    obj(key.fileobj, mask)
+                elif what == "sig":
                     try:
                         while os.read(self.sig_r, 512):
                             pass
@@ -354,12 +357,12 @@ class Agent:
             self.reap()
 
 
-USAGE = "usage: agent.py [--listen SOCK] [--listen-fd FD] [--device DEV] [--ready-fd FD]"
+USAGE = "usage: agent.py [--listen SOCK] [--listen-fd FD] [--device DEV] [--ready-fd FD] [--forward HOST:PORT=SOCK]"
 
 
 def _parse(argv: list[str]) -> dict[str, str]:
     """--name value pairs (no argparse: it costs a quarter second to import in an emulated guest)."""
-    known = {"--listen", "--listen-fd", "--device", "--ready-fd"}
+    known = {"--listen", "--listen-fd", "--device", "--ready-fd", "--forward"}
     out: dict[str, str] = {}
     it = iter(argv)
     for arg in it:
@@ -379,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     agent = Agent()
+    if args.get("forward"):
+        import forward  # the session's gateway door (the sandbox's own loopback only)
+
+        agent.forward = forward.Forward(agent.sel, args["forward"])
     if args.get("listen"):
         agent.listen(args["listen"])
     if args.get("listen_fd") is not None:
