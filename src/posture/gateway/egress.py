@@ -214,7 +214,11 @@ class Egress:
             out = [f"{method} {path} {version}", f"Host: {netloc}",
                    *(f"{k}: {v}" for k, v in headers if k.lower() not in drop and k.lower() != "host"), "Connection: close"]
             uw.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
-            await _pipe(reader, writer, ur, uw)
+            up = asyncio.ensure_future(_one_way(reader, uw))  # the request's body, if any
+            try:
+                await _one_way(ur, writer)  # the answer, up to the upstream's close (Connection: close)
+            finally:
+                up.cancel()
         except (ConnectionError, OSError):
             pass
         finally:
@@ -272,11 +276,6 @@ async def _one_way(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None
             dst.write_eof()
     except (ConnectionError, OSError):
         dst.close()
-
-
-async def _pipe(cr: asyncio.StreamReader, cw: asyncio.StreamWriter, ur: asyncio.StreamReader, uw: asyncio.StreamWriter) -> None:
-    """Bytes both ways until both sides are done."""
-    await asyncio.gather(_one_way(cr, uw), _one_way(ur, cw))
 
 
 async def serve_on(sock: socket.socket, egress: Egress, stop: asyncio.Future | None = None) -> None:
