@@ -43,6 +43,7 @@ class SessionRecord:
     start_from: str | None = None  # the checkpoint ref the session starts from (an escalation's)
     launch: list[str] | None = None  # the agent command its start launches (an escalation's resume)
     agent_argv: list[str] | None = None  # the agent command that runs in it
+    network: str | None = None  # --network, the user's own choice of mode for this session (None: the config's)
     data: dict[str, Any] = field(default_factory=dict)  # the backend's own facts; the core never reads them
 
     def public(self) -> dict[str, Any]:

@@ -19,12 +19,14 @@ def up(
     profile: Optional[str] = option(options.PROFILE),
     intent: Optional[str] = option(options.INTENT),
     untrusted_input: bool = option(options.UNTRUSTED_INPUT),
+    network: Optional[str] = option(options.NETWORK),
     detach: bool = typer.Option(False, "--detach", help="Leave the agent running; come back with `posture attach`."),
 ) -> int:
     """Start the agent in a new session at the decided level and attach to it (-- CMD overrides the profile's command)."""
     from .. import runner
 
     req = request(path, level, profile, intent, untrusted_input)
+    req.network = runner.parse_network(network)
     record, code = runner.up(req, list(PASSTHROUGH) or None, detach)
     if detach:
         out(record.id)
@@ -39,12 +41,13 @@ def exec_(
     profile: Optional[str] = option(options.PROFILE),
     intent: Optional[str] = option(options.INTENT),
     untrusted_input: bool = option(options.UNTRUSTED_INPUT),
+    network: Optional[str] = option(options.NETWORK),
     session: Optional[str] = option(options.SESSION_EXEC),
 ) -> int:
     """Run -- CMD non-interactively in a fresh session (or --session ID), stream its output, exit with its code."""
     from .. import runner
 
-    return runner.exec_command(path, level, profile, intent, untrusted_input, session, list(PASSTHROUGH))
+    return runner.exec_command(path, level, profile, intent, untrusted_input, session, list(PASSTHROUGH), network=network)
 
 
 @app.command()

@@ -29,7 +29,7 @@ CORE_USER_SCHEMA: Schema = {
     "env": {"pass": c.ENV_PATTERNS, "drop": c.ENV_LIST},
     "mounts": {"ro": c.HOST_PATHS, "rw": c.HOST_PATHS},
     "deny": {"paths": c.REPO_PATHS},
-    "network": {"block": c.CIDR_LIST},
+    "network": {"block": c.CIDR_LIST, "mode": c.NETWORK_MODE, "allow": c.ALLOW_LIST},
 }
 
 # What a repo file may say; everything here only tightens.
@@ -38,7 +38,7 @@ CORE_REPO_SCHEMA: Schema = {
     "intent": {"push": c.boolean, "untrusted_input": c.boolean},
     "env": {"drop": c.ENV_LIST},
     "deny": {"paths": c.REPO_PATHS},
-    "network": {"block": c.CIDR_LIST},
+    "network": {"block": c.CIDR_LIST, "mode": c.NETWORK_MODE, "allow": c.ALLOW_LIST},  # mode and allow only tighten
 }
 
 # Keys a repo file may not set because they loosen; recognised so they are reported, not guessed at.
@@ -48,7 +48,6 @@ REPO_IGNORED = {
     "identities": "identities can only come from the user's config",
     "env.pass": "passing environment variables loosens; only the user's config may",
     "mounts": "extra mounts loosen; only the user's config may",
-    "network.allow": "network exceptions loosen; only the user's config may",
 }
 BACKEND_TABLE_IGNORED = "backend settings come from the user's config only"
 
@@ -144,6 +143,10 @@ class Settings:
     mounts_rw: list[str] = field(default_factory=list)
     deny_paths: list[str] = field(default_factory=list)
     network_block: list[str] = field(default_factory=list)
+    network_mode: str = "public"  # the effective mode without a --network flag (user's config, tightened by the repo's)
+    user_network_mode: str = "public"
+    repo_network_mode: str | None = None  # what the repo file asked (applies under any --network only where stricter)
+    network_allow: list[str] = field(default_factory=list)  # the user's allowlist, shrunk by the repo's
     intent_push: bool = False
     intent_untrusted_input: bool = False
     backend: dict[str, dict[str, Any]] = field(default_factory=dict)  # each backend's own table, by name
@@ -182,6 +185,8 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     s.mounts_rw = list(user.get("mounts", {}).get("rw", []))
     s.deny_paths = list(user.get("deny", {}).get("paths", []))
     s.network_block = list(user.get("network", {}).get("block", []))
+    s.network_mode = s.user_network_mode = user.get("network", {}).get("mode", "public")
+    s.network_allow = list(user.get("network", {}).get("allow", []))
     s.backend = {name: dict(user.get(name, {})) for name in tables}
     s.repo_file = str(repo_path) if repo_path else None
     s.repo_ignored = list(repo_ignored)
@@ -218,7 +223,29 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     if block:
         s.network_block = _union(s.network_block, block)
         asked.append(f"network.block = {block}")
+    _merge_network(s, repo.get("network", {}))
     return s
+
+
+def _merge_network(s: Settings, repo: dict[str, Any]) -> None:
+    """A repo's `[network] mode` applies only toward `none`; its `allow` only shrinks the user's list."""
+    from ..gateway.allowlist import intersect, stricter
+
+    mode = repo.get("mode")
+    if mode is not None:
+        s.repo_network_mode = mode
+        if stricter(mode, s.network_mode) == mode and mode != s.network_mode:
+            s.network_mode = mode
+            s.repo_asked.append(f"network.mode = {mode}")
+        elif mode != s.network_mode:
+            s.repo_ignored.append(("network.mode", f"{mode} is looser than the user's {s.network_mode}; a repo may only move toward none"))
+    if "allow" in repo:
+        kept, ignored = intersect(s.network_allow, repo["allow"])
+        if ignored:
+            s.repo_ignored.append(("network.allow", f"{', '.join(ignored)} not in the user's [network] allow; a repo may only shrink it"))
+        if kept != s.network_allow:
+            s.network_allow = kept
+            s.repo_asked.append(f"network.allow = {kept} (the user's list, shrunk)")
 
 
 def load_settings(project: Path, ext: Extensions, user_config: Path | None = None) -> Settings:
