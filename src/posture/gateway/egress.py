@@ -308,7 +308,7 @@ async def _main_async(plan: dict[str, Any], listen_fd: int) -> None:
 
     os.set_blocking(0, False)
     loop.add_reader(0, parent_check)
-    loop.add_signal_handler(signal.SIGTERM, lambda: done.done() or done.set_result(None))
+    loop.add_signal_handler(signal.SIGTERM, lambda: None if done.done() else done.set_result(None))
     sock = socket.socket(fileno=listen_fd)
     await serve_on(sock, Egress.from_plan(plan["egress"]), done)
 

@@ -43,6 +43,7 @@ class BwrapSession(Session):
         self.view: Any = None
         self.settings = settings
         self.proc: Any = None
+        self.egress: Any = None  # the egress proxy's process (modes allowlist, none), in the process that started it
 
     # -------------------------------------------------------------- helpers
     @property
@@ -110,6 +111,7 @@ class BwrapSession(Session):
             os.umask(old)
         listener.listen(16)
         self.data["socket"] = str(agent_sock)
+        door = self._egress_door(view, runtime)
 
         filt_r, filt_w = os.pipe2(os.O_CLOEXEC)
         filt = seccomp.build()
@@ -121,9 +123,10 @@ class BwrapSession(Session):
             bwrap, *hardening_args("posture"),
             *fs_args,
             "--ro-bind", str(channel.GUEST_DIR), AGENT_DIR_INSIDE,
+            *door[0],
             "--chdir", view.cwd or view.project,
             "--seccomp", str(filt_r), "--info-fd", str(info_w),
-            "--", PYTHON, "-I", "-S", "-c", AGENT_MAIN, "--listen-fd", str(lfd),
+            "--", PYTHON, "-I", "-S", "-c", AGENT_MAIN, "--listen-fd", str(lfd), *door[1],
         ]
         log = open(runtime / "bwrap.log", "wb")
         try:
@@ -162,6 +165,7 @@ class BwrapSession(Session):
             answer = netd.request(sock_path, {
                 "op": "attach", "session": self.record.id, "pid": child, "ipv6": ipv6,
                 "block": list(view.network.extra),
+                "network": not view.network.through_gateway,  # False: loopback only, no slirp4netns
             })
         except (OSError, ValueError, netd.NetdError) as exc:
             self._abort(child)
@@ -175,6 +179,41 @@ class BwrapSession(Session):
             ) from None
         self.data["box"] = answer["box"]
         self.data["slirp_pid"] = answer.get("slirp_pid")
+        if view.network.through_gateway and answer.get("slirp_pid"):
+            self._abort(child)
+            raise Unavailable(f"network mode {view.network.mode} cannot be enforced: the network helper attached a network anyway "
+                              "(it predates network modes)", fix="as root run `posture setup` to update and restart the helper")
+
+    def _egress_door(self, view: Any, runtime: Path) -> tuple[list[str], list[str]]:
+        """In modes allowlist and none, start the session's egress proxy and return the bwrap arguments
+        binding its socket in, and the exec agent's forwarder from the sandbox's own loopback to it."""
+        from .. import gateway
+        from ..gateway import egressdoor
+        from ..session import sessions_dir
+
+        log = sessions_dir() / f"{self.record.id}.egress.jsonl"
+        self.data.update(network_mode=view.network.mode, egress_log=str(log))
+        if not view.network.through_gateway:
+            return [], []
+        self.egress, path = egressdoor.start(runtime, egressdoor.plan(view.network, self.record.id, view.level, log))
+        self.data.update(egress_pid=self.egress.pid, egress_socket=path)
+        return (["--ro-bind", path, gateway.SOCKET_INSIDE],
+                ["--forward", f"127.0.0.1:{gateway.INSIDE_PORT}={gateway.SOCKET_INSIDE}"])
+
+    def _report_drops(self) -> None:
+        """Public mode: the kernel's drops of blocked ranges into the egress log, and one line on stderr."""
+        import sys
+
+        from ..gateway import egressdoor
+        from ..netd import client as netd
+
+        try:
+            drops = netd.request(self._netd_socket(), {"op": "drops", "session": self.record.id}, timeout=5).get("drops") or {}
+        except (OSError, ValueError, netd.NetdError):
+            return
+        line = egressdoor.kernel_drops(Path(self.data["egress_log"]), self.record.id, self.record.level, drops)
+        if line:
+            print(line, file=sys.stderr, flush=True)
 
     def _abort(self, child: int | None) -> None:
         """Kill a sandbox whose network could not be attached (its agent never got a command)."""
@@ -221,6 +260,8 @@ class BwrapSession(Session):
 
         from ..netd import client as netd
 
+        if self.data.get("box") and self.data.get("network_mode") == "public" and self.data.get("egress_log"):
+            self._report_drops()  # before the kill: the helper removes the session's counters when its sandbox exits
         box = self._box_dir()
         if box is not None:
             try:
@@ -243,6 +284,12 @@ class BwrapSession(Session):
                 netd.notify(self._netd_socket(), {"op": "release", "session": self.record.id})
             except OSError:
                 pass
+        if self.egress is not None or self.data.get("egress_pid"):
+            from ..gateway import egressdoor
+
+            egressdoor.stop(self.egress, self.data.get("egress_pid"), self.data.get("egress_socket"))
+            self.egress = None
+            self.data["egress_pid"] = None
         registry = self.data.get("placeholder_registry")
         if registry and self.data.get("placeholders"):
             release_placeholders(registry, self.record.id)

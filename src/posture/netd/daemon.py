@@ -242,6 +242,8 @@ class Daemon:
                 answer = self.op_attach(uid, req)
             elif op == "release":
                 answer = self.op_release(uid, req)
+            elif op == "drops":
+                answer = self.op_drops(uid, req)
             else:
                 answer = {"ok": False, "code": "failed", "error": f"unknown op {op!r}"}
         except NetdError as exc:
@@ -309,6 +311,7 @@ class Daemon:
         pid = int(req["pid"])
         extra = [str(ipaddress.ip_network(c, strict=False)) for c in req.get("block", [])]
         ipv6 = bool(req.get("ipv6", self.ipv6))
+        network = req.get("network", True) is not False  # False: loopback only (the session's way out is its gateway)
         key = f"u{uid}-{sid}"
         pidfd = self._check_target(uid, pid)
         # The sandbox waits on its block fd until the client hears back, so nothing in it runs
@@ -347,13 +350,14 @@ class Daemon:
         box_dir = self.cg.path_of(att.box, self.mount)
         try:
             t_cg = time.monotonic()
-            spare = self._take_spare()
-            att.net = spare.cgroup
-            if extra:
+            if network:
+                spare = self._take_spare()
+                att.net = spare.cgroup
                 with self.nft_lock:
-                    nft.add_session_rules(self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key)
+                    nft.add_session_rules(self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key,
+                                          count=tuple(dict.fromkeys([*self.blocked, *extra])))
                 att.ruled = True
-            self._start_slirp(att, spare, ipv6)
+                self._start_slirp(att, spare, ipv6)
             t_slirp = time.monotonic()
             mover.join()
             if not moved or moved[0] is not None:
@@ -477,6 +481,17 @@ class Daemon:
         except (OSError, ValueError):
             pass
         self.cleanup(att)
+
+    def op_drops(self, uid: int, req: dict[str, Any]) -> dict[str, Any]:
+        """Packets the kernel dropped so far for the caller's session, per blocked range."""
+        from . import nft
+
+        with self.lock:
+            att = self.sessions.get(f"u{uid}-{req.get('session', '')}")
+        if att is None or not att.ruled:
+            return {"ok": True, "drops": {}}
+        with self.nft_lock:
+            return {"ok": True, "drops": nft.drop_counts(self.table, att.key)}
 
     def op_release(self, uid: int, req: dict[str, Any]) -> dict[str, Any]:
         sid = str(req.get("session", ""))

@@ -250,11 +250,15 @@ def verify(table: str, current_id: int | None, blocked: list[str]) -> Verdict:
     return Verdict(True, f"rule loaded for cgroup id {current_id}")
 
 
-def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[str], comment: str) -> None:
-    """Extra blocks for one session's slirp4netns cgroup (inserted in the `sessions` chain)."""
+def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[str], comment: str, count: tuple[str, ...] = ()) -> None:
+    """Extra blocks for one session's slirp4netns cgroup (inserted in the `sessions` chain), after a
+    counter per range of `count` (the ranges the table blocks for it: read back by `drop_counts`)."""
     v4, v6 = _split(blocked)
     match = f'socket cgroupv2 level {level} "{cgroup_path}"'
     lines = []
+    for net in count:
+        family, dns = ("ip6", "@dns6") if ":" in net else ("ip", "@dns4")
+        lines.append(f'add rule inet {table} sessions {match} {family} daddr {net} {family} daddr != {dns} counter comment "{comment} drop {net}"')
     if v4:
         lines.append(f'add rule inet {table} sessions {match} ip daddr {{ {_elements(v4)} }} reject comment "{comment}"')
     if v6:
@@ -263,12 +267,19 @@ def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[st
         run("\n".join(lines) + "\n")
 
 
+def drop_counts(table: str, comment: str) -> dict[str, int]:
+    """Packets the kernel dropped per blocked range for the session whose rules carry `comment`."""
+    out = run(f"list chain inet {table} sessions")
+    found = re.finditer(r'counter packets (\d+) bytes \d+ comment "' + re.escape(comment) + r' drop ([^"]+)"', out)
+    return {m.group(2): int(m.group(1)) for m in found if int(m.group(1))}
+
+
 def remove_session_rules(table: str, comment: str) -> None:
     """Delete the `sessions` rules carrying `comment`."""
     try:
         out = run(f"list chain inet {table} sessions", handles=True)
     except NftError:
         return
-    handles = [m.group(1) for m in re.finditer(r'comment "' + re.escape(comment) + r'" # handle (\d+)', out)]
+    handles = [m.group(1) for m in re.finditer(r'comment "' + re.escape(comment) + r'(?: drop [^"]*)?" # handle (\d+)', out)]
     if handles:
         run("".join(f"delete rule inet {table} sessions handle {h}\n" for h in handles))
