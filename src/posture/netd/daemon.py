@@ -370,6 +370,8 @@ class Daemon:
             checker.join()
             mover.join()
             self.cleanup(att)
+            if verdict and not verdict[0][0]:  # a missing rule explains the failure best (the counters need the table too)
+                raise NetdError("unverified", f"network policy not in force: {verdict[0][1]}") from None
             if isinstance(exc, NetdError):
                 raise
             raise NetdError("failed", f"could not attach the network: {exc}") from exc
