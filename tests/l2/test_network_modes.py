@@ -111,6 +111,18 @@ def _log(l2: L2, session: str) -> list[dict]:
     return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
 
 
+def _proxies_of(uid: int) -> list[int]:
+    """The user's egress proxy processes still running (none may outlive its session)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid and b"posture.gateway.egress" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
 def _closed(r: dict) -> None:
     """No way out but the gateway: no direct connection, no DNS, no internal host."""
     assert r["public"].startswith("err:"), r
@@ -140,6 +152,7 @@ def test_allowlist_mode(netenv: L2) -> None:
     assert all(e["session"] == r["session"] and e["level"] == "l2" and e["source"] == "gateway" for e in log)
     allowed = next(e for e in log if e["decision"] == "allowed")
     assert allowed["address"] == PUBLIC and allowed["port"] == PORT
+    assert _proxies_of(l2.uid) == []  # the session's proxy went with it
 
 
 def test_none_mode_flag(netenv: L2) -> None:

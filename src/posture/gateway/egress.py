@@ -317,12 +317,15 @@ def main() -> int:
     """`python -m posture.gateway.egress`: the plan on stdin, the listening socket inherited."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    plan_fd = int(sys.argv[2]) if sys.argv[1:2] == ["--plan-fd"] else 0  # egressdoor's waiter hands the plan on a pipe
     line = b""
     while not line.endswith(b"\n"):
-        chunk = os.read(0, 65536)
+        chunk = os.read(plan_fd, 65536)
         if not chunk:
-            raise SystemExit("posture gateway: no plan on stdin")
+            raise SystemExit("posture gateway: no plan")
         line += chunk
+    if plan_fd:
+        os.close(plan_fd)
     plan = json.loads(line)
     asyncio.run(_main_async(plan, int(plan["listen_fd"])))
     return 0

@@ -19,6 +19,32 @@ from typing import Any
 
 SOCKET_NAME = "gateway.sock"
 
+# Started in place of the proxy (`python3 -I -S`: a few ms, where the proxy's asyncio costs tens):
+# reads the plan, then waits until the first connection is queued on the socket (or the parent goes:
+# stdin at EOF) and only then execs the proxy, handing it the plan on a pipe of its own. A session
+# that never goes out never pays for the proxy.
+_WAITER = r"""
+import os, select, sys
+fd = int(sys.argv[1])
+plan = b""
+while not plan.endswith(b"\n"):
+    chunk = os.read(0, 65536)
+    if not chunk:
+        sys.exit(0)
+    plan += chunk
+while True:
+    ready, _, _ = select.select([fd, 0], [], [])
+    if fd in ready:
+        break
+    if not os.read(0, 4096):
+        sys.exit(0)
+r, w = os.pipe()
+os.write(w, plan)
+os.close(w)
+os.set_inheritable(r, True)
+os.execv(sys.argv[2], [sys.argv[2], "-m", "posture.gateway.egress", "--plan-fd", str(r)])
+"""
+
 
 def plan(network: Any, session: str, level: str, log: Path) -> dict[str, Any]:
     """The proxy's part of a gateway plan, from the view's NetworkPolicy."""
@@ -42,8 +68,9 @@ def start(runtime: Path, egress: dict[str, Any]) -> tuple[subprocess.Popen, str]
     sock.listen(128)
     log = open(runtime / "gateway.log", "ab")
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "posture.gateway.egress"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=log, pass_fds=(sock.fileno(),), close_fds=True, start_new_session=True)
+        proc = subprocess.Popen(["/usr/bin/python3", "-I", "-S", "-c", _WAITER, str(sock.fileno()), sys.executable],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(sock.fileno(),),
+                                close_fds=True, start_new_session=True)
     finally:
         log.close()
     assert proc.stdin is not None
@@ -64,7 +91,7 @@ def stop(proc: subprocess.Popen | None, pid: int | None, path: str | None) -> No
     elif pid:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"posture.gateway.egress" in argv and os.stat(f"/proc/{pid}").st_uid == os.getuid():
+            if any(b"posture.gateway.egress" in a for a in argv) and os.stat(f"/proc/{pid}").st_uid == os.getuid():
                 os.kill(pid, 9)
         except OSError:
             pass
