@@ -68,3 +68,34 @@ def test_explain_shows_mode_allowlist_and_ignored(user, make_repo) -> None:  # t
     assert "network: allowlist" in text and "repo IGNORED: network.mode" in text and "no DNS leaves" in text
     forced = json.loads(user.run("explain", str(repo), "--json", "--network", "none").stdout)
     assert forced["network"]["mode"] == "none" and forced["network"]["chosen_by"] == "--network"
+
+
+def test_bad_network_flag_is_a_usage_error(user, make_repo) -> None:  # type: ignore[no-untyped-def]
+    res = user.run("exec", str(make_repo()), "--network", "open", "--", "true")
+    assert res.returncode == 64 and "--network 'open' is not a network mode" in res.stderr and "allowlist" in res.stderr
+
+
+def test_posture_log_shows_the_newest_session_of_the_project(user, make_repo) -> None:  # type: ignore[no-untyped-def]
+    from posture.gateway.egresslog import EgressLog
+    from posture.session import SessionRecord, SessionStore
+
+    repo = make_repo()
+    sessions = user.state / "sessions"
+    sessions.mkdir(parents=True, exist_ok=True)
+    store = SessionStore(sessions)
+    for sid, created in (("0101-aaaa0001", "2026-01-01T00:00:00Z"), ("0101-aaaa0002", "2026-01-01T00:00:01Z")):
+        store.save(SessionRecord(id=sid, project=str(repo), level="l2", backend="bwrap", profile="shell", status="stopped", created=created))
+        log = EgressLog(sessions / f"{sid}.egress.jsonl", sid, "l2")
+        log.write("pypi.org", 443, "151.101.0.223", "allowed", "pypi.org")
+        log.write("evil.example", 443, None, "refused", "mode allowlist", reason="not in the allowlist")
+        log.close()
+    res = user.run("log", "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [x["session"] for x in lines] == ["0101-aaaa0002"] * 2
+    assert set(lines[0]) >= {"time", "session", "level", "dest", "port", "address", "decision", "rule", "source"}
+    text = user.run("log", "--session", "0101-aaaa0001", "--follow").stdout  # --follow ends with a stopped session
+    assert "allowed  pypi.org:443 -> 151.101.0.223  rule pypi.org  [gateway]" in text
+    assert "refused  evil.example:443  rule mode allowlist  [gateway]  (not in the allowlist)" in text
+    missing = user.run("log", "--session", "0101-nope")
+    assert missing.returncode == 64 and "no session" in missing.stderr
