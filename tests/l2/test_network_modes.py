@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -63,12 +64,41 @@ def tunnel(target):
         return "err:%%s" %% (e.errno,)
 for name in ("public.test", "other.test", "tailnet.test", "%(public)s"):
     r["via:" + name] = tunnel("%%s:%(port)d" %% name)
+import subprocess
+for key, url in (("curl_allowed", "http://public.test:%(http)d/"), ("curl_refused", "http://other.test:%(http)d/"),
+                 ("curl_https_refused", "https://other.test/")):
+    p = subprocess.run(["curl", "-sS", "-m", "10", url], capture_output=True, text=True)  # curl reads http_proxy/https_proxy itself
+    r[key] = "%%d|%%s|%%s" %% (p.returncode, p.stdout.strip(), p.stderr.strip())
 print("NET-RESULT:" + json.dumps(r))
-""" % {"port": PORT, "public": PUBLIC, "tailnet": TAILNET, "door": INSIDE_PORT}
+""" % {"port": PORT, "public": PUBLIC, "tailnet": TAILNET, "door": INSIDE_PORT, "http": 8082}
+
+# A plain HTTP server on the public stand-in (port 8082), for tools that use the proxy variables.
+HTTP_SERVER = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"posture-egress-ok " + self.headers.get("Host", "").encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer((sys.argv[1], 8082), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+@pytest.fixture(scope="module")
+def http_host(l2: L2) -> Iterator[None]:
+    """The HTTP server on the public stand-in, in the test network's HOSTS namespace."""
+    proc = subprocess.Popen(["ip", "netns", "exec", l2.net.hosts, sys.executable, "-c", HTTP_SERVER, PUBLIC], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    yield
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture
-def netenv(l2: L2, tmp_path: Path) -> Iterator[L2]:
+def netenv(l2: L2, tmp_path: Path, http_host: None) -> Iterator[L2]:
     """The user's config is the test's to write; removed afterwards."""
     cfg = l2.home / ".config" / "posture" / "config.toml"
     hosts = tmp_path / "hosts"
@@ -144,6 +174,10 @@ def test_allowlist_mode(netenv: L2) -> None:
     assert refused.startswith("HTTP/1.1 403") and "posture" in refused and "network mode allowlist" in refused and "[network] allow" in refused
     assert r["via:tailnet.test"].startswith("HTTP/1.1 403"), r  # not listed (and a blocked range)
     assert r["via:" + PUBLIC].startswith("HTTP/1.1 403"), r  # an address literal in no listed range
+    # an ordinary tool goes through the gateway by the proxy variables alone
+    assert r["curl_allowed"] == "0|posture-egress-ok public.test:8082|", r
+    assert r["curl_refused"].startswith("0|posture: refused other.test:8082 (network mode allowlist"), r
+    assert r["curl_https_refused"].startswith("56|") and "403" in r["curl_https_refused"], r
     log = _log(l2, r["session"])
     seen = {(e["dest"], e["decision"], e["rule"]) for e in log}
     assert ("public.test", "allowed", "public.test") in seen
