@@ -353,11 +353,26 @@ class Daemon:
             if network:
                 spare = self._take_spare()
                 att.net = spare.cgroup
-                with self.nft_lock:
-                    nft.add_session_rules(self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key,
-                                          count=tuple(dict.fromkeys([*self.blocked, *extra])))
+                ruled: list[BaseException | None] = []
+
+                def add_rules() -> None:  # beside slirp's start: its extra blocks and drop counters hold before the answer
+                    try:
+                        with self.nft_lock:
+                            nft.add_session_rules(self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra,
+                                                  att.key, count=tuple(dict.fromkeys([*self.blocked, *extra])))
+                        ruled.append(None)
+                    except BaseException as exc:  # noqa: BLE001 - raised below
+                        ruled.append(exc)
+
                 att.ruled = True
-                self._start_slirp(att, spare, ipv6)
+                rules = threading.Thread(target=add_rules, daemon=True)
+                rules.start()
+                try:
+                    self._start_slirp(att, spare, ipv6)
+                finally:
+                    rules.join()
+                if not ruled or ruled[0] is not None:
+                    raise NetdError("failed", f"could not add the session's rules: {ruled[0] if ruled else 'unknown'}")
             t_slirp = time.monotonic()
             mover.join()
             if not moved or moved[0] is not None:
