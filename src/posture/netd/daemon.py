@@ -216,6 +216,18 @@ class Daemon:
                 self.verified = (before, current)
         return verdict.ok, verdict.detail, current
 
+    def _own_change(self, change: Any) -> None:
+        """Run one of the helper's own `sessions`-chain transactions (nft_lock held) so that it does not void
+        a remembered check: when the generation moved by exactly this one commit, the verified base rules are unchanged."""
+        from . import nft
+
+        before = nft.generation()
+        kept = self.verified is not None and before is not None and self.verified[0] == before
+        change()
+        after = nft.generation()
+        if kept and after is not None and before is not None and after == before + 1 and self.verified is not None:
+            self.verified = (after, self.verified[1])
+
     # -------------------------------------------------------------- requests
     def handle(self, conn: socket.socket) -> None:
         with conn:
@@ -358,8 +370,9 @@ class Daemon:
                 def add_rules() -> None:  # beside slirp's start: its extra blocks and drop counters hold before the answer
                     try:
                         with self.nft_lock:
-                            nft.add_session_rules(self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra,
-                                                  att.key, count=tuple(dict.fromkeys([*self.blocked, *extra])))
+                            self._own_change(lambda: nft.add_session_rules(
+                                self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key,
+                                count=tuple(dict.fromkeys([*self.blocked, *extra]))))
                         ruled.append(None)
                     except BaseException as exc:  # noqa: BLE001 - raised below
                         ruled.append(exc)
@@ -543,7 +556,7 @@ class Daemon:
                 _log(f"could not remove cgroup {rel}: {exc}")
         if att.ruled:
             with self.nft_lock:
-                nft.remove_session_rules(self.table, att.key)
+                self._own_change(lambda: nft.remove_session_rules(self.table, att.key))
         try:
             os.close(att.pidfd)
         except OSError:
