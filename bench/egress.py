@@ -137,13 +137,18 @@ def main() -> int:
                         raise SystemExit(f"download in {mode} got {got} bytes")
                     rates[mode].append(got / secs / (1 << 20))
             starts: dict[str, list[float]] = {"public": [], "allowlist": []}
+            failures: list[str] = []
             for i in range(args.runs + 2):
                 for mode in ("public", "allowlist"):
-                    t = time.perf_counter()
-                    res = run.posture("exec", str(project), "--level", "l2", "--profile", "shell", "--network", mode, "--", "true")
-                    elapsed = time.perf_counter() - t
-                    if res.returncode != 0:
-                        raise SystemExit(f"exec in {mode} failed: {res.stderr[-1500:]}")
+                    for _attempt in range(2):  # bwrap's own loopback set-up fails now and then under load ("RTM_NEWADDR"): counted, retried once
+                        t = time.perf_counter()
+                        res = run.posture("exec", str(project), "--level", "l2", "--profile", "shell", "--network", mode, "--", "true")
+                        elapsed = time.perf_counter() - t
+                        if res.returncode == 0:
+                            break
+                        failures.append(f"{mode}: {res.stderr.strip().splitlines()[-1][:200]}")
+                    else:
+                        raise SystemExit(f"exec in {mode} failed twice: {res.stderr[-1500:]}")
                     if i >= 2:  # two warm-up rounds
                         starts[mode].append(elapsed)
     finally:
@@ -159,6 +164,7 @@ def main() -> int:
         "download_ratio": round(med["allowlist"] / med["public"], 2),
         "start_ms": {"public": round(smed["public"], 1), "allowlist": round(smed["allowlist"], 1)},
         "start_extra_ms": round(smed["allowlist"] - smed["public"], 1),
+        "start_failures_retried": failures,
         "targets": {"download_ratio": ">= 0.8", "start_extra_ms": "<= 15"},
     }
     print(json.dumps(report, indent=2))

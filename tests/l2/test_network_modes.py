@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +23,7 @@ import pytest
 from l2env import L2, POSTURE, USER, _quote
 
 from posture.gateway import INSIDE_PORT
-from testnet import PORT, PUBLIC, TAILNET
+from testnet import PORT, PUBLIC, TAILNET, in_ns
 
 HOSTS = f"127.0.0.1 localhost\n{PUBLIC} public.test\n{PUBLIC} other.test\n{TAILNET} tailnet.test\n"
 
@@ -211,6 +212,14 @@ def test_public_mode_and_kernel_drops_in_the_log(netenv: L2) -> None:
     log = _log(l2, r["session"])
     kernel = [e for e in log if e["source"] == "kernel"]
     assert any(e["rule"] == "100.64.0.0/10" and e["decision"] == "refused" and e["count"] >= 1 for e in kernel), log
+    # the helper removes the session's counters and rules with the session
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        listed = in_ns(l2.net.gw, "nft", "list", "table", "inet", l2.table).stdout
+        if r["session"] not in listed:
+            break
+        time.sleep(0.1)
+    assert r["session"] not in listed, listed
 
 
 def test_repo_file_only_tightens(netenv: L2) -> None:

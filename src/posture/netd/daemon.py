@@ -66,6 +66,7 @@ class Attached:
     slirp: subprocess.Popen | None = None
     exit_w: int = -1
     ruled: bool = False
+    counted: tuple[str, ...] = ()  # the ranges whose drops are counted for it (nft.drop_counts)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -371,13 +372,12 @@ class Daemon:
                     try:
                         with self.nft_lock:
                             self._own_change(lambda: nft.add_session_rules(
-                                self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key,
-                                count=tuple(dict.fromkeys([*self.blocked, *extra]))))
+                                self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key, count=att.counted))
                         ruled.append(None)
                     except BaseException as exc:  # noqa: BLE001 - raised below
                         ruled.append(exc)
 
-                att.ruled = True
+                att.ruled, att.counted = True, tuple(dict.fromkeys([*self.blocked, *extra]))
                 rules = threading.Thread(target=add_rules, daemon=True)
                 rules.start()
                 try:
@@ -521,7 +521,7 @@ class Daemon:
         if att is None or not att.ruled:
             return {"ok": True, "drops": {}}
         with self.nft_lock:
-            return {"ok": True, "drops": nft.drop_counts(self.table, att.key)}
+            return {"ok": True, "drops": nft.drop_counts(self.table, att.key, att.counted)}
 
     def op_release(self, uid: int, req: dict[str, Any]) -> dict[str, Any]:
         sid = str(req.get("session", ""))

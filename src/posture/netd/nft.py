@@ -256,9 +256,11 @@ def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[st
     v4, v6 = _split(blocked)
     match = f'socket cgroupv2 level {level} "{cgroup_path}"'
     lines = []
-    for net in count:
+    for i, net in enumerate(count):  # named counters: listing them does not walk the cgroup tree (listing rules does)
         family, dns = ("ip6", "@dns6") if ":" in net else ("ip", "@dns4")
-        lines.append(f'add rule inet {table} sessions {match} {family} daddr {net} {family} daddr != {dns} counter comment "{comment} drop {net}"')
+        lines.append(f"add counter inet {table} {comment}_d{i}")
+        lines.append(f'add rule inet {table} sessions {match} {family} daddr {net} {family} daddr != {dns} counter name "{comment}_d{i}" '
+                     f'comment "{comment} drop {net}"')
     if v4:
         lines.append(f'add rule inet {table} sessions {match} ip daddr {{ {_elements(v4)} }} reject comment "{comment}"')
     if v6:
@@ -267,11 +269,16 @@ def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[st
         run("\n".join(lines) + "\n")
 
 
-def drop_counts(table: str, comment: str) -> dict[str, int]:
-    """Packets the kernel dropped per blocked range for the session whose rules carry `comment`."""
-    out = run(f"list chain inet {table} sessions")
-    found = re.finditer(r'counter packets (\d+) bytes \d+ comment "' + re.escape(comment) + r' drop ([^"]+)"', out)
-    return {m.group(2): int(m.group(1)) for m in found if int(m.group(1))}
+def _counters(table: str, comment: str) -> dict[int, int]:
+    out = run(f"list counters table inet {table}")
+    found = re.finditer(r"counter " + re.escape(comment) + r"_d(\d+) \{\s*packets (\d+)", out)
+    return {int(m.group(1)): int(m.group(2)) for m in found}
+
+
+def drop_counts(table: str, comment: str, ranges: tuple[str, ...]) -> dict[str, int]:
+    """Packets the kernel dropped per blocked range (`ranges`, as given to add_session_rules' `count`) for
+    the session whose rules carry `comment`."""
+    return {ranges[i]: n for i, n in _counters(table, comment).items() if n and i < len(ranges)}
 
 
 def remove_session_rules(table: str, comment: str) -> None:
@@ -281,5 +288,10 @@ def remove_session_rules(table: str, comment: str) -> None:
     except NftError:
         return
     handles = [m.group(1) for m in re.finditer(r'comment "' + re.escape(comment) + r'(?: drop [^"]*)?" # handle (\d+)', out)]
-    if handles:
-        run("".join(f"delete rule inet {table} sessions handle {h}\n" for h in handles))
+    lines = [f"delete rule inet {table} sessions handle {h}\n" for h in handles]
+    try:
+        lines += [f"delete counter inet {table} {comment}_d{i}\n" for i in _counters(table, comment)]
+    except NftError:
+        pass
+    if lines:
+        run("".join(lines))
