@@ -17,9 +17,14 @@ with the same base for the baseline. Then, per round (interleaved, the order alt
     baseline  = `git push` of the same change (a commit of the same tree) over OpenSSH
                 + `ssh host true` (a new connection: handshake, auth, one command)
 
-Run as root: python3 bench/escalate_l2_l4.py [--files 20000] [--rounds 5] [--profile]
+Run as root: python3 bench/escalate_l2_l4.py [--files 20000] [--rounds 5] [--profile] [--trigger]
 (--profile: one extra escalation under cProfile in every posture process; the top functions
 by cumulative time are printed per process.)
+
+--trigger measures a live trigger instead: per round (interleaved), the time from a WebFetch of an
+untrusted host reported to the L2 session's report channel (as the agent's hook reports it, with
+`on_trigger = "escalate"`) to the first command run in the L4 child, against the same move by hand:
+`posture escalate --to l4` and that first command. Target: at most 1.2x.
 """
 
 from __future__ import annotations
@@ -157,6 +162,9 @@ def inner(args: argparse.Namespace) -> None:
     git(repo, "push", "-q", plain_url, "HEAD:refs/heads/base", env=genv)
     run([*posture, "exec", "--level", "l4", "--", "true"], env, repo)  # the host has the base (and a spare tree)
 
+    if args.trigger:
+        print(json.dumps(trigger_rounds(args, posture, env, repo)))
+        return
     rows = []
     target = repo / "src0007" / "mod042.py"
     total = args.rounds + (1 if (args.profile or args.trace) else 0)
@@ -206,6 +214,63 @@ def inner(args: argparse.Namespace) -> None:
     print(json.dumps(rows))
 
 
+def trigger_rounds(args: argparse.Namespace, posture: list[str], env: dict[str, str], repo: Path) -> list[dict]:
+    """Per round: a trigger-driven move to L4 and one by hand, each until the first command runs there."""
+    from posture.triggers import channel
+
+    sessions = Path(env["XDG_STATE_HOME"]) / "posture" / "sessions"
+    report = {"hook_event_name": "PreToolUse", "tool_name": "WebFetch", "tool_use_id": "toolu_bench",
+              "tool_input": {"url": "https://stranger.example/issues/1", "prompt": "read it"}}
+    target = repo / "src0007" / "mod042.py"
+    rows = []
+
+    def child_of(sid: str) -> str:
+        while True:  # the escalator finishes in a process of its own; read its record as it goes
+            try:
+                rec = json.loads((sessions / f"{sid}.json").read_text())
+            except (OSError, ValueError):
+                rec = {}
+            esc = rec.get("data", {}).get("escalation") or {}
+            if rec.get("status") == "escalated" and esc.get("step") == "done":
+                return esc["child"]
+            if rec.get("status") == "failed" or esc.get("error"):
+                raise RuntimeError(f"the triggered escalation failed: {rec.get('note')}")
+            time.sleep(0.005)
+
+    for n in range(args.rounds):
+        target.write_text(target.read_text() + f"one more line {n}\n")
+        sid_t = run([*posture, "up", "--level", "l2", "--detach", "--", "sleep", "100000"], env, repo).strip().splitlines()[-1]
+        sock = Path(env["XDG_RUNTIME_DIR"]) / "posture" / sid_t / "report.sock"
+        kids: list[str] = []
+
+        def triggered() -> None:
+            decision, _ = channel.ask(str(sock), channel.hook_request(report))
+            assert decision == "deny"
+            kids.append(child_of(sid_t))
+            run([*posture, "exec", "--session", kids[-1], "--", "true"], env, repo)
+
+        sid_m: list[str] = []
+
+        def by_hand() -> None:
+            out = run([*posture, "escalate", "--session", sid_m[0], "--to", "l4"], env, repo)
+            kids.append(out.strip().splitlines()[-1])
+            run([*posture, "exec", "--session", kids[-1], "--", "true"], env, repo)
+
+        t = timed(triggered)
+        for kid in kids:
+            run([*posture, "down", "--session", kid], env, repo)
+        run([*posture, "trust", str(repo)], env, repo)
+        kids.clear()
+        target.write_text(target.read_text() + f"and one more {n}\n")
+        sid_m.append(run([*posture, "up", "--level", "l2", "--detach", "--", "sleep", "100000"], env, repo).strip().splitlines()[-1])
+        m = timed(by_hand)
+        for kid in kids:
+            run([*posture, "down", "--session", kid], env, repo)
+        run([*posture, "trust", str(repo)], env, repo)
+        rows.append({"posture": t, "baseline": m})
+    return rows
+
+
 def outer(args: argparse.Namespace) -> None:
     if os.geteuid() != 0:
         sys.exit("bench/escalate_l2_l4.py needs root (network namespaces, the network helper, sshd)")
@@ -252,6 +317,7 @@ def outer(args: argparse.Namespace) -> None:
                     cfg.parent.mkdir(parents=True)
                     cfg.write_text("\n".join([
                         'profile = "shell"', 'identities = ["me@example.com"]',
+                        *(["[escalation]", 'on_trigger = "escalate"'] if args.trigger else []),
                         "[l2]", f'netd_socket = "{rundir / "netd.sock"}"',
                         "[l4]", 'host = "vps"', f'user = "{vps.user}"', f"port = {vps.port}",
                         f'identity = "{vps.client_key}"', f'workdir = "{workdir}"', "",
@@ -263,7 +329,7 @@ def outer(args: argparse.Namespace) -> None:
                     l4 = {"user": vps.user, "ip": vps.ip, "port": vps.port, "identity": str(vps.client_key), "workdir": workdir}
                     argv = [sys.executable, __file__, "--inner", "--work", str(work), "--rounds", str(args.rounds),
                             "--env", json.dumps(env), "--l4", json.dumps(l4), "--profile-dir", str(profile_dir)]
-                    argv += ["--profile"] * args.profile + ["--trace"] * args.trace
+                    argv += ["--profile"] * args.profile + ["--trace"] * args.trace + ["--trigger"] * args.trigger
                     proc = subprocess.run(["nsenter", f"--net={net.gw_path}", *argv], env=env, capture_output=True, text=True)
                     if proc.returncode != 0:
                         sys.exit(f"bench failed:\n{proc.stderr[-4000:]}")
@@ -297,6 +363,12 @@ def outer(args: argparse.Namespace) -> None:
 
     med_p = statistics.median(r["posture"] for r in rows)
     med_b = statistics.median(r["baseline"] for r in rows)
+    if args.trigger:
+        print(f"L2 -> L4 by a live trigger vs by hand, until the first command runs at L4 ({len(rows)} rounds, medians; {args.files} files)")
+        print(f"{'posture escalate --to l4 + first command':52} {med_b:>8.3f} {1:>7.2f}")
+        print(f"{'trigger (WebFetch of a stranger) + first command':52} {med_p:>8.3f} {med_p / med_b:>7.2f}")
+        print(f"target <= 1.2x: {'met' if med_p / med_b <= 1.2 else 'NOT met'} ({med_p / med_b:.2f}x)")
+        return
     print(f"L2 -> L4 escalation of a {args.files}-file project with a one-file change ({len(rows)} rounds, interleaved, medians; project built in {build_s:.1f}s)")
     print(f"{'':52} {'seconds':>8} {'ratio':>7}")
     print(f"{'git push (OpenSSH) + ssh host true':52} {med_b:>8.3f} {1:>7.2f}")
@@ -351,6 +423,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--trace", action="store_true", help="print a cross-process timeline of one extra escalation")
+    ap.add_argument("--trigger", action="store_true", help="a live trigger's move to L4 against the same move by hand")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--env", help=argparse.SUPPRESS)

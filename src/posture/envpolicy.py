@@ -41,6 +41,12 @@ SECRET_LOOKING = re.compile(
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def inside_path(entries: list[str]) -> str:
+    """The sandbox's PATH: the user's PATH entries that are in the view, in the user's order
+    (toolchains.py decides them); the system PATH when none is."""
+    return ":".join(entries) if entries else SANDBOX_PATH
+
+
 def secret_looking(name: str) -> bool:
     """True when `name` looks like it holds a credential."""
     return bool(SECRET_LOOKING.search(name))

@@ -175,7 +175,8 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
             runner.down(previous.id)  # half-started by an interrupted run: clean it up, start afresh
         except PostureError:
             pass
-    req = runner.Request(path=Path(record.project), level=target, profile=record.profile, network=record.network)
+    req = runner.Request(path=Path(record.project), level=target, profile=record.profile, on_trigger=record.on_trigger,
+                         network=record.network)
     p = runner.plan(req)
     session = runner.open_session(p, parent=record.id, network=record.network)
     child = session.record

@@ -22,9 +22,17 @@ _SCHEMA: config.Schema = {
         "files": c.list_of(c.repo_path, "home-relative paths"),
         "project_keyed": c.list_of(c.repo_path, "home-relative paths"),
     },
-    "credentials": {"files": c.list_of(c.repo_path, "home-relative paths")},
+    "credentials": {
+        "files": c.list_of(c.repo_path, "home-relative paths"),
+        "env": c.ENV_LIST,
+        "hosts": c.STR_LIST,
+        "base_url": c.env_name,
+        "upstream": c.string,
+        "refresh": c.one_of("claude-oauth"),
+    },
     "env": {"pass": c.ENV_PATTERNS, "secrets": c.ENV_LIST},
     "protect": {"paths": c.REPO_PATHS},
+    "triggers": {"hook": c.one_of("claude-code", "none")},
 }
 
 
@@ -42,10 +50,19 @@ class Profile:
     # every non-alphanumeric character replaced by '-' (Claude Code's ~/.claude/projects/<key>):
     # where the work tree's path changes (L4), posture maps the key so the history is found.
     state_project_keyed: list[str] = field(default_factory=list)
+    # The agent's own credentials: brokered by the session's gateway, never shown inside
+    # (posture.gateway). Files in the home, env variables, the hosts they are for, the agent's
+    # base-URL variable and its default upstream, and how an OAuth file is refreshed.
     credential_files: list[str] = field(default_factory=list)
+    credential_env: list[str] = field(default_factory=list)
+    credential_hosts: list[str] = field(default_factory=list)
+    base_url_env: str = ""
+    upstream: str = ""
+    refresh: str = ""
     env_pass: list[str] = field(default_factory=list)
     env_secrets: list[str] = field(default_factory=list)
     protect: list[str] = field(default_factory=list)
+    live_hook: str = "none"  # how the agent reports its tool calls to the live triggers: claude-code, or none
 
 
 def _search_path(name: str) -> Path | None:
@@ -87,7 +104,13 @@ def _from_dict(name: str, d: dict[str, Any]) -> Profile:
         state_files=list(d.get("state", {}).get("files", [])),
         state_project_keyed=list(d.get("state", {}).get("project_keyed", [])),
         credential_files=list(d.get("credentials", {}).get("files", [])),
+        credential_env=list(d.get("credentials", {}).get("env", [])),
+        credential_hosts=list(d.get("credentials", {}).get("hosts", [])),
+        base_url_env=d.get("credentials", {}).get("base_url", ""),
+        upstream=d.get("credentials", {}).get("upstream", ""),
+        refresh=d.get("credentials", {}).get("refresh", ""),
         env_pass=list(d.get("env", {}).get("pass", [])),
         env_secrets=list(d.get("env", {}).get("secrets", [])),
+        live_hook=d.get("triggers", {}).get("hook", "none"),
         protect=list(d.get("protect", {}).get("paths", [])),
     )

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import audit, gitutil, levels, plugins, profiles
-from .config import Settings
+from .config import ON_TRIGGER, Settings
 from .plugins import load_settings
 from .errors import Refused, Unavailable, UsageError
 from .policy.decide import Decision, decide
 from .session import (
     DEAD,
+    ESCALATED,
     FAILED,
     LIVE,
     RUNNING,
@@ -35,9 +36,11 @@ from .session import (
     pid_alive,
     session_runtime_dir,
 )
+from .triggers.live import LiveTriggers
 from .view import build_view
 
 KEEPER_READY_TIMEOUT = 600.0
+ESCALATION_WAIT = 180.0  # how long an attached terminal waits for a move up in progress
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Request:
     intent_push: bool = False
     untrusted_input: bool = False
     network: str | None = None  # --network: the user's own choice of mode for this session
+    on_trigger: str | None = None
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Plan:
     settings: Settings
     decision: Decision
     profile: profiles.Profile
+    on_trigger: str | None = None
 
 
 def parse_level(level: str) -> str | None:
@@ -94,6 +99,8 @@ def plan(req: Request) -> Plan:
     project = gitutil.resolve_project(req.path)
     settings = load_settings(project)
     requested = parse_level(req.level)
+    if req.on_trigger is not None and req.on_trigger not in ON_TRIGGER:
+        raise UsageError(f"--on-trigger {req.on_trigger!r} is not known", fix=f"use one of {', '.join(ON_TRIGGER)}")
     profile = profiles.load(req.profile or settings.profile)
     decision = decide(
         project,
@@ -121,7 +128,7 @@ def plan(req: Request) -> Plan:
             f"{decision.level} is needed ({decision.why()}) but {name} cannot run here: {decision.backend_reason}",
             fix=decision.backend_fix or f"configure a {decision.level} backend (see `posture doctor`)",
         )
-    p = Plan(project, settings, decision, profile)
+    p = Plan(project, settings, decision, profile, req.on_trigger)
     _check_network(p, req.network)
     return p
 
@@ -148,16 +155,23 @@ def open_session(p: Plan, parent: str | None = None, network: str | None = None)
         profile=p.profile.name,
         parent=parent,
         network=network,
+        on_trigger=p.on_trigger,
     )
     SessionStore().save(record)
     return backend.session(record, p.settings)
 
 
-def start_spec(record: SessionRecord, settings: Settings, profile: profiles.Profile | None = None) -> StartSpec:
-    """What `record`'s session starts from: its view, and the checkpoint and agent an escalation asked for."""
-    prof = profile or profiles.load(record.profile)
-    view = build_view(Path(record.project), prof, settings, record.id, record.level, network=record.network)
+def start_spec(record: SessionRecord, settings: Settings, profile: profiles.Profile, live: LiveTriggers | None = None) -> StartSpec:
+    """What `record`'s session starts from: its view (armed for live triggers), and the checkpoint and
+    agent an escalation asked for."""
+    view = build_view(Path(record.project), profile, settings, record.id, record.level, network=record.network)
+    if live is not None:
+        live.arm(view)
     return StartSpec(view=view, checkpoint=record.start_from, launch=record.launch)
+
+
+def _watch(live: LiveTriggers, spec: StartSpec) -> None:
+    live.watch(Path(spec.view.state_dir) / "home" if spec.view is not None and spec.view.state_dir else None)
 
 
 def reopen(record: SessionRecord) -> Session:
@@ -223,11 +237,17 @@ def exec_fresh(req: Request, argv: list[str]) -> int:
     p = plan(req)
     announce(p, always=bool(p.decision.override))
     session = open_session(p, network=req.network)
-    _start(session, start_spec(session.record, p.settings, p.profile))
+    live = LiveTriggers(session.record, p.settings, p.profile, kept=False)
     try:
-        return session.exec(argv, tty=os.isatty(0) and os.isatty(1))
+        spec = start_spec(session.record, p.settings, p.profile, live)
+        _start(session, spec)
+        _watch(live, spec)
+        try:
+            return session.exec(argv, tty=os.isatty(0) and os.isatty(1))
+        finally:
+            _stop(session)
     finally:
-        _stop(session)
+        live.close()
 
 
 def exec_command(
@@ -238,6 +258,7 @@ def exec_command(
     untrusted_input: bool,
     session: str | None,
     argv: list[str],
+    on_trigger: str | None = None,
     network: str | None = None,
 ) -> int:
     """`posture exec`, shared by the CLI and its fast path: validate, then run fresh or in a session."""
@@ -246,11 +267,11 @@ def exec_command(
     if intent not in (None, "push"):
         raise UsageError(f"--intent {intent!r} is not known", fix="use --intent push")
     if session:
-        if path is not None or level != "auto" or profile or intent or untrusted_input or network:
-            raise UsageError("--session cannot be combined with PATH, --level, --profile, --intent, --untrusted-input or --network",
+        if path is not None or level != "auto" or profile or intent or untrusted_input or on_trigger or network:
+            raise UsageError("--session cannot be combined with PATH, --level, --profile, --intent, --untrusted-input, --on-trigger or --network",
                              fix="drop them, or drop --session")
         return exec_in(session, argv)
-    req = Request(path=path, level=level, profile=profile, intent_push=intent == "push", untrusted_input=untrusted_input,
+    req = Request(path=path, level=level, profile=profile, intent_push=intent == "push", untrusted_input=untrusted_input, on_trigger=on_trigger,
                   network=parse_network(network))
     return exec_fresh(req, argv)
 
@@ -312,25 +333,35 @@ def keeper_main(session_id: str, ready_fd: int | None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    live: LiveTriggers | None = None
     try:
         store = SessionStore()
         record = store.get(session_id)
         settings = _settings_for(record)
         session = plugins.backend_named(record.backend).session(record, settings)
         session.record.keeper_pid = os.getpid()
-        _start(session, start_spec(record, settings))
+        profile = profiles.load(record.profile)
+        live = LiveTriggers(record, settings, profile, kept=True)
+        spec = start_spec(record, settings, profile, live)
+        _start(session, spec)
     except BaseException as exc:  # noqa: BLE001 - reported to the waiting CLI
+        if live is not None:
+            live.close()
         if ready_fd is not None:
             os.write(ready_fd, f"error: {exc}".encode())
         return 1
     if ready_fd is not None:
         os.write(ready_fd, b"ok")
         os.close(ready_fd)
-    while not stopping:
-        select.select([wake_r], [], [], 0.2)
-        if not stopping and not session.alive():
-            break
-    _stop(session)
+    _watch(live, spec)
+    try:
+        while not stopping:
+            select.select([wake_r], [], [], 0.2)
+            if not stopping and not session.alive():
+                break
+        _stop(session)
+    finally:
+        live.close()
     return 0
 
 
@@ -338,31 +369,61 @@ def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecor
     """`posture up`: start a kept session, launch the agent, and attach unless `detach`."""
     p = plan(req)
     announce(p, always=True)
+    command = argv or p.profile.command
+    if p.decision.level in ("l2", "l3"):  # before anything starts: the agent must be in the view (else 69)
+        from . import toolchains
+
+        v = build_view(p.project, p.profile, p.settings, "check", p.decision.level)
+        toolchains.require(command[0], v.toolchains, v.system_ro, p.settings.mounts_ro)
     session = open_session(p, network=req.network)
     record = session.record
     spawn_keeper(record)
     record = SessionStore().get(record.id)
     session = reopen(record)
-    command = argv or p.profile.command
     session.launch(command)
     record = SessionStore().update(record.id, agent_argv=command)
     audit.record("agent.launch", session=record.id, argv=command)
     if detach:
         return record, 0
-    code = session.attach()
-    if not session.agent_running():
-        down(record.id)
-    return SessionStore().get(record.id), code
+    session, code = _attach_following(session)
+    return SessionStore().get(session.record.id), code
 
 
 def attach(session_id: str | None) -> int:
     """`posture attach`: connect the terminal to a session's agent."""
     record = live_record(session_id)
-    session = reopen(record)
-    code = session.attach()
-    if not session.agent_running():
-        down(record.id)
+    _, code = _attach_following(reopen(record))
     return code
+
+
+def _escalated_to(session_id: str, wait: float = ESCALATION_WAIT) -> SessionRecord | None:
+    """The session `session_id` moved to, waiting for a move in progress to finish; None if it did not move."""
+    store = SessionStore()
+    deadline = time.monotonic() + wait
+    while True:
+        record = store.get(session_id)
+        esc = record.data.get("escalation") or {}
+        if record.status == ESCALATED and esc.get("child"):
+            return store.get(esc["child"])
+        if not esc or record.status not in LIVE or time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
+def _attach_following(session: Session) -> tuple[Session, int]:
+    """Attach the terminal to the session's agent; when the session moved up meanwhile (a live trigger,
+    or `posture escalate` from elsewhere), follow it to the higher one. The session whose agent is gone
+    when the user comes back is stopped."""
+    while True:
+        code = session.attach()
+        child = _escalated_to(session.record.id)
+        if child is None:
+            break
+        print(f"posture: session {session.record.id} moved to {child.id} at {child.level}; attaching there", file=sys.stderr, flush=True)
+        session = reopen(child)
+    if not session.agent_running():
+        down(session.record.id)
+    return session, code
 
 
 def down(session_id: str) -> SessionRecord:

@@ -10,8 +10,9 @@ import os
 import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import envpolicy, gitutil, netpolicy, paths
+from . import envpolicy, gitutil, netpolicy, paths, toolchains
 from .config import Settings
 from .envpolicy import EnvDecision
 from .errors import UsageError
@@ -66,6 +67,10 @@ class View:
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     cwd: str = ""
     state_dir: str = ""  # this project's agent state on the host (never inside another project's view)
+    # The agent's own credentials, brokered by the session's gateway (posture.gateway.broker.Brokered):
+    # inside only their sentinels.
+    gateway: Any = None
+    toolchains: toolchains.Toolchains = field(default_factory=toolchains.Toolchains)  # PATH trees, links, masks
 
     def host_paths(self) -> list[str]:
         """Every host path this view exposes (for audits and tests)."""
@@ -83,7 +88,7 @@ def proxy_env() -> dict[str, str]:
 
 def api_hosts(profile: Profile) -> list[str]:
     """The profile's API hosts (its credentials' hosts: reachable through the gateway in every mode)."""
-    return list(getattr(profile, "credential_hosts", None) or [])  # profiles name them on the gateway branch
+    return list(profile.credential_hosts)
 
 
 def agent_state_dir(project: Path, profile: Profile) -> Path:
@@ -146,10 +151,12 @@ def build_view(
     binds: list[Bind] = []
     for rel in [*profile.state_dirs, *profile.state_files]:
         binds.append(Bind(str(state_home / rel), f"{home}/{rel}", writable=True))
-    for rel in profile.credential_files:
-        host_file = Path(home) / rel
-        if host_file.is_file():
-            binds.append(Bind(str(host_file), f"{home}/{rel}", writable=False))
+    from .gateway import broker as gateway_broker
+
+    source_env = dict(os.environ if host_env is None else host_env)
+    brokered = gateway_broker.prepare(profile, source_env, Path(home), session, level)  # the agent's credentials: sentinels only
+    for rel, sentinel_file in brokered.paths.items():
+        binds.append(Bind(sentinel_file, f"{home}/{rel}", writable=False))
     for path in settings.mounts_ro:
         _check_mount(path)
         binds.append(Bind(path, path, writable=False))
@@ -173,26 +180,29 @@ def build_view(
                 binds.append(Bind(str(base), str(base), writable=True))
             protected += [str(base / "hooks"), str(base / "config"), str(base / "info")]
     denied = [str(project / rel) for rel in settings.deny_paths]
+    system = [p for p in (*SYSTEM_RO, *ETC_RO) if os.path.lexists(p)]
+    tools = toolchains.for_settings(settings, source_env, home, system)
+    binds += [Bind(t.path, t.path, writable=False) for t in tools.trees if not t.path.startswith(str(project) + "/")]
 
     fixed = {
         "HOME": home,
         "USER": user,
         "LOGNAME": user,
         "SHELL": "/bin/bash",
-        "PATH": envpolicy.SANDBOX_PATH,
+        "PATH": envpolicy.inside_path(tools.path),
         "POSTURE_LEVEL": level,
         "POSTURE_SESSION": session,
+        **brokered.env,
     }
     mode = netpolicy.effective_mode(settings.user_network_mode, settings.repo_network_mode, network)
     if mode != "public":
         fixed.update(proxy_env())
     env = envpolicy.build_env(
-        dict(os.environ if host_env is None else host_env),
+        source_env,
         allow=[*profile.env_pass, *profile.env_secrets, *settings.env_pass],
         drop=settings.env_drop,
         fixed=fixed,
     )
-    system = [p for p in (*SYSTEM_RO, *ETC_RO) if os.path.lexists(p)]
     return View(
         session=session,
         level=level,
@@ -210,4 +220,6 @@ def build_view(
         network=netpolicy.policy_for(settings.network_block, mode, settings.network_allow, api_hosts(profile)),
         cwd=str(project),
         state_dir=str(agent_state_dir(project, profile)),
+        gateway=brokered,
+        toolchains=tools,
     )

@@ -101,7 +101,7 @@ def test_repo_loosening_keys_are_ignored_and_reported(tmp_path: Path) -> None:
         '[mounts]\nrw = ["/"]\n[network]\nallow = ["10.0.0.0/8"]\nblock = ["203.0.113.0/24"]\n[l4]\nhost = "evil"\n',
     )
     ignored = dict(s.repo_ignored)
-    assert {"profile", "trusted_remotes", "identities", "env.pass", "mounts", "network.allow", "l4"} <= set(ignored)
+    assert {"profile", "trusted_remotes", "identities", "env.pass", "mounts.rw", "network.allow", "l4"} <= set(ignored)
     assert s.env_pass == ["EDITOR"] and s.env_drop == ["EDITOR"]
     assert s.mounts_rw == [] and s.trusted_remotes == [] and s.identities == []
     assert s.network_block == ["203.0.113.0/24"]

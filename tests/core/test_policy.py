@@ -179,7 +179,7 @@ def test_untrusted_repo_file_cannot_loosen(user: User, make_repo) -> None:
     assert doc["level"] == "l4"
     assert rule(doc, "untrusted_repo")["fired"] and rule(doc, "untrusted_repo")["level"] == "l4"
     ignored = {i["key"] for i in doc["repo_config"]["ignored"]}
-    assert {"trusted_remotes", "identities", "env.pass", "mounts", "network.allow"} <= ignored
+    assert {"trusted_remotes", "identities", "env.pass", "mounts.rw", "network.allow"} <= ignored
     assert "AWS_SECRET_ACCESS_KEY" not in doc["env"]["passed"]
     text = user.run("explain", str(repo)).stdout
     assert "IGNORED: env.pass" in text and "IGNORED: mounts" in text

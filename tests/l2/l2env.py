@@ -30,13 +30,18 @@ sys.path.insert(0, str(TESTS))
 from support import posture_bin  # noqa: E402
 from testnet import TestNet, testnet  # noqa: E402
 
+from posture import credentials  # noqa: E402
 from posture.netd import cgroups  # noqa: E402
 from posture.netd import client as netd  # noqa: E402
 
 USER = "posture-test"
 POSTURE = os.environ.get("POSTURE_BIN") or posture_bin()
-CREDS = [".ssh/id_ed25519", ".ssh/id_rsa", ".gnupg/private-keys-v1.d/key.key", ".aws/credentials", ".config/gh/hosts.yml",
-         ".kube/config", ".netrc", ".docker/config.json", ".password-store/bank.gpg", ".config/tailscale/state"]
+# Every credential of posture's one list (src/posture/credentials.py), planted in the home; a file inside each listed dir.
+CREDS = list(dict.fromkeys([
+    ".ssh/id_ed25519", ".ssh/id_rsa", ".gnupg/private-keys-v1.d/key.key", ".aws/credentials", ".kube/config",
+    ".password-store/bank.gpg", ".config/tailscale/state",
+    *credentials.HOME_FILES, *(f"{d}/posture-planted" for d in credentials.HOME_DIRS),
+]))
 
 
 def _require() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from l2env import CREDS, L2, probe_report
+
+from posture.verify import PROBE  # the shipped probe: the one `posture verify` runs
 from testnet import INTERNAL, INTERNAL6, PORT, PUBLIC, PUBLIC6
 
 pytestmark = [pytest.mark.root, pytest.mark.l2]
@@ -41,7 +43,7 @@ def _config(l2: L2, project: Path) -> dict:
 @pytest.mark.parametrize("mode", ["pipes", "pty"])
 def test_probe_cannot_break_out(l2: L2, mode: str) -> None:
     project = l2.make_project(f"probe-{mode}")
-    shutil.copy(Path(__file__).with_name("probe.py"), project / "probe.py")
+    shutil.copy(PROBE, project / "probe.py")
     subprocess.run(["chown", f"{l2.uid}:{l2.gid}", str(project / "probe.py")], check=True)
     bashrc_before = (l2.home / ".bashrc").read_text()
     proc = l2.posture("exec", str(project), "--level", "l2", "--profile", "shell", "--",
@@ -67,6 +69,10 @@ def test_probe_cannot_break_out(l2: L2, mode: str) -> None:
             assert result in DENIED, (where, kind, result)
     if mode == "pty":
         assert report["tiocsti"], "under a pty the probe must have tried TIOCSTI on its terminal"
+    # a terminal the probe opens itself (what `posture verify` tries under pipes): ioctls work, TIOCSTI does not
+    own = report["tiocsti_own_pty"]
+    assert own["open"] == "ok" and own["control"] == "ok", own
+    assert all(own[kind] in DENIED for kind in ("plain", "high_bits", "tioclinux")), own
 
     # kernel attack surface
     assert report["userns"]["unshare"] in DENIED and report["userns"]["unshare_raw"] in DENIED

@@ -1,6 +1,6 @@
 """L3 through the real console script: a VM per session, probed from inside.
 
-The probe is the L2 suite's (tests/l2/probe.py), run as root inside the guest. The guest
+The probe is the shipped one (posture/verify/probe.py, which `posture verify` runs too), run as root inside the guest. The guest
 has its own kernel, so the in-kernel checks L2 makes (user namespaces, keyctl, ptrace,
 TIOCSTI on the user's terminal) are about the guest's kernel here and are not promises
 of L3; the table below says what L3 promises for each probe key.
@@ -21,9 +21,10 @@ import pytest
 from l3env import CREDS, GW_LOOPBACK_PORT, L3, probe_report, wait_for
 from testnet import INTERNAL, INTERNAL6, PORT, PUBLIC, PUBLIC6
 
+from posture.verify import PROBE  # the shipped probe: the one `posture verify` runs
+
 pytestmark = [pytest.mark.root, pytest.mark.l3]
 
-PROBE = Path(__file__).resolve().parent.parent / "l2" / "probe.py"
 PROTECTED = [".git/hooks/pre-commit", ".envrc", ".vscode/tasks.json", ".mcp.json", ".git/config", ".idea/workspace.xml",
              ".claude/settings.json"]
 BLOCKED = [*INTERNAL, *INTERNAL6, "10.0.2.2", "127.0.0.1"]

@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__, report
 from ..errors import EX_USAGE
-from . import host, policy, sessions  # noqa: F401 - they register their commands on the app
+from . import host, policy, sessions, verify  # noqa: F401 - they register their commands on the app
 from . import log  # noqa: F401 - `posture log`
 from .app import PASSTHROUGH, app
 

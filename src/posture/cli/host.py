@@ -23,6 +23,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         for backend in plugins.backends_for(level):
             for check in backend.doctor(settings):
                 report.append({"level": level, "backend": backend.name, "check": check.name, "ok": check.ok, "detail": check.detail, "fix": check.fix})
+    report.append(_credentials_row(settings.profile))
     if as_json:
         emit_json(report)
         return 0
@@ -31,6 +32,24 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         fix = f"\n           fix: {row['fix']}" if (row["fix"] and not row["ok"]) else ""
         out(f"{row['level']} {mark} {row['backend']}: {row['check']}: {row['detail']}{fix}")
     return 0
+
+
+def _credentials_row(profile_name: str) -> dict:
+    """The agent's credentials the default profile would broker through the gateway, and the missing ones."""
+    import os
+
+    from .. import paths, profiles
+    from ..gateway import broker
+
+    try:
+        prof = profiles.load(profile_name)
+    except UsageError as exc:
+        return {"level": "all", "backend": "gateway", "check": "credentials", "ok": False, "detail": exc.message, "fix": exc.fix}
+    found = broker.survey(prof, dict(os.environ), paths.home_dir())
+    ok = bool(found["brokered"]) or not (prof.credential_env or prof.credential_files)
+    fix = "" if ok else f"log the agent in outside posture (or set {', '.join(prof.credential_env) or 'its API key'})"
+    return {"level": "all", "backend": "gateway", "check": f"credentials ({prof.name})", "ok": ok, "detail": broker.describe(found),
+            "fix": fix, "credentials": found}
 
 
 @app.command()

@@ -12,7 +12,20 @@ from ..errors import UsageError
 from .app import PathArg, app, emit_json, err, mcp_app, out, request
 
 
-def _render_decision(d, env_report: dict[str, Any] | None) -> None:
+def _render_toolchains(tools: dict[str, Any]) -> None:
+    out(f"PATH inside: {':'.join(tools['path']) or '(the system PATH)'}")
+    for t in tools["entered"]:
+        via = f"{t['entry']}" + (f" -> {t['exe']}" if t["exe"] else "")
+        out(f"  toolchain in (read-only): {t['path']}: {t['why']} (via {via})")
+    for x in tools["left_out"]:
+        via = f" (via {x['entry']}" + (f" -> {x['exe']}" if x["exe"] else "") + ")" if x["entry"] and x["entry"] != x["path"] else ""
+        out(f"  toolchain OUT: {x['path']}: {x['why']}{via}")
+    for m in tools["masked"]:
+        out(f"  credential masked: {m}")
+    out("  (add a directory with [mounts] ro, keep one out with [mounts] drop; a repo file may only drop)")
+
+
+def _render_decision(d, env_report: dict[str, Any] | None, tools: dict[str, Any] | None = None, live: dict[str, Any] | None = None) -> None:
     out(f"project: {d.project}")
     out(f"floor:   {d.floor} ({d.floor_from})")
     if d.ratchet:
@@ -32,7 +45,14 @@ def _render_decision(d, env_report: dict[str, Any] | None) -> None:
         out(f"env passed: {passed}")
         for name, why in env_report["refused"].items():
             out(f"  env refused: {name}: {why}")
+    if tools is not None:
+        _render_toolchains(tools)
     out(f"level:   {d.why()}")
+    if live is not None:
+        calls = live["tool_calls"]
+        seen = f"tool calls via {calls['how']} at {', '.join(calls['levels'])}" if calls["hook"] else "no tool calls (this agent has no hook)"
+        out(f"live triggers: on_trigger = {live['on_trigger']}; {seen}; watched: {', '.join(live['watched'])}")
+        out(f"  not seen: {live['not_seen']}")
     state = "available" if d.backend_available else f"UNAVAILABLE: {d.backend_reason}" + (f" (fix: {d.backend_fix})" if d.backend_fix else "")
     out(f"backend: {d.backend or 'none'} ({state})")
 
@@ -74,12 +94,29 @@ def explain(
     env = envpolicy.build_env(dict(os.environ), [*prof.env_pass, *prof.env_secrets, *settings.env_pass], settings.env_drop, {})
     env_report = {"profile": prof.name, "passed": env.masked(), "refused": env.refused}
     net = netpolicy.report(settings, runner.parse_network(network), view.api_hosts(prof), d.level)
+    from .. import paths
+    from ..gateway import broker
+    from ..triggers import arm
+
+    live = arm.explain(prof, settings.on_trigger, settings.trusted_hosts)
+    creds = broker.survey(prof, dict(os.environ), paths.home_dir())
+    tools = _toolchains(settings)
     if as_json:
-        emit_json({**d.to_json(), "env": env_report, "network": net})
+        emit_json({**d.to_json(), "env": env_report, "toolchains": tools, "triggers": live, "credentials": creds, "network": net})
     else:
-        _render_decision(d, env_report)
+        _render_decision(d, env_report, tools, live)
+        out(f"credentials: {broker.describe(creds)}")
         _render_network(net)
     return 0
+
+
+def _toolchains(settings) -> dict[str, Any]:
+    """What of the user's PATH a local view (L2, L3) shows: the trees, links, masks, and what stays out."""
+    from .. import paths, toolchains
+    from ..view import ETC_RO, SYSTEM_RO
+
+    system = [p for p in (*SYSTEM_RO, *ETC_RO) if os.path.lexists(p)]
+    return toolchains.for_settings(settings, dict(os.environ), str(paths.home_dir()), system).to_json()
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Commands on sessions: up, exec, attach, status, down, escalate, pull."""
+"""Commands on sessions: up, exec, attach, status, gc, down, escalate, pull."""
 
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ def up(
     intent: Optional[str] = option(options.INTENT),
     untrusted_input: bool = option(options.UNTRUSTED_INPUT),
     network: Optional[str] = option(options.NETWORK),
+    on_trigger: Optional[str] = option(options.ON_TRIGGER),
     detach: bool = typer.Option(False, "--detach", help="Leave the agent running; come back with `posture attach`."),
 ) -> int:
     """Start the agent in a new session at the decided level and attach to it (-- CMD overrides the profile's command)."""
-    from .. import runner
+    from .. import retention, runner
 
+    retention.maybe_prune()
     req = request(path, level, profile, intent, untrusted_input)
     req.network = runner.parse_network(network)
+    req.on_trigger = on_trigger
     record, code = runner.up(req, list(PASSTHROUGH) or None, detach)
     if detach:
         out(record.id)
@@ -43,11 +46,12 @@ def exec_(
     untrusted_input: bool = option(options.UNTRUSTED_INPUT),
     network: Optional[str] = option(options.NETWORK),
     session: Optional[str] = option(options.SESSION_EXEC),
+    on_trigger: Optional[str] = option(options.ON_TRIGGER),
 ) -> int:
     """Run -- CMD non-interactively in a fresh session (or --session ID), stream its output, exit with its code."""
     from .. import runner
 
-    return runner.exec_command(path, level, profile, intent, untrusted_input, session, list(PASSTHROUGH), network=network)
+    return runner.exec_command(path, level, profile, intent, untrusted_input, session, list(PASSTHROUGH), on_trigger, network=network)
 
 
 @app.command()
@@ -59,23 +63,51 @@ def attach(session: Optional[str] = typer.Option(None, "--session", help="Sessio
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output (documented in the README).")) -> int:
-    """Every session, its level, backend and state."""
-    from .. import runner
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (documented in the README)."),
+    all_: bool = typer.Option(False, "--all", help="Also sessions that ended more than 24 h ago."),
+) -> int:
+    """Live sessions and those that ended in the last 24 h (--all: every one kept), their level, backend and state."""
+    from .. import retention, runner
     from ..session import SessionStore
 
-    records = [runner.refresh(r) for r in SessionStore().all()]
+    retention.maybe_prune()
+    store = SessionStore()
+    every = [runner.refresh(r) for r in store.all()]
+    records = every if all_ else retention.visible(every, store)
     if as_json:
         emit_json([r.public() for r in records])
         return 0
     if not records:
         out("no sessions")
-        return 0
     for r in records:
         parent = f" parent={r.parent}" if r.parent else ""
         out(f"{r.id}  {r.level}  {r.backend:8} {r.status:9} {r.created}  {r.project}{parent}")
         if r.note:
             out(f"    {r.note}")
+    hidden = len(every) - len(records)
+    if hidden:
+        err(f"posture: {hidden} session{'s' if hidden > 1 else ''} that ended more than 24 h ago not shown (`posture status --all`)")
+    return 0
+
+
+@app.command()
+def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; remove nothing.")) -> int:
+    """Remove ended sessions older than [sessions] retention_days (default 14) with their runtime dirs."""
+    import time
+
+    from .. import retention
+
+    verdicts = retention.prune(dry_run=dry_run)
+    for v in verdicts:
+        r = v.record
+        ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.ended))
+        if v.prune:
+            out(f"{'would remove' if dry_run else 'removed'} {r.id}  {r.level}  {r.backend:8} {r.status:9} ended {ended}  {r.project}")
+        else:
+            out(f"kept {r.id}: {v.reason}")
+    gone = sum(v.prune for v in verdicts)
+    err(f"posture: {'would remove' if dry_run else 'removed'} {gone} ended sessions, kept {len(verdicts) - gone} past the retention period")
     return 0
 
 

@@ -17,9 +17,12 @@ from . import checks as c
 from .tomlfile import line_of, read_toml
 
 REPO_FILE = ".posture.toml"
+RETENTION_DAYS = 14  # default of [sessions] retention_days
 RULE_NAMES_BUILTIN = ("untrusted_repo", "unfamiliar_mcp", "push_intent", "untrusted_input")
 
 Schema = dict[str, Any]  # key -> checker, or key -> nested Schema for a table
+# What a live trigger does, from the loosest to the strictest (a repo file may only move right).
+ON_TRIGGER = ("log", "escalate", "deny")
 
 CORE_USER_SCHEMA: Schema = {
     "floor": c.level,
@@ -27,9 +30,12 @@ CORE_USER_SCHEMA: Schema = {
     "trusted_remotes": c.STR_LIST,
     "identities": c.STR_LIST,
     "env": {"pass": c.ENV_PATTERNS, "drop": c.ENV_LIST},
-    "mounts": {"ro": c.HOST_PATHS, "rw": c.HOST_PATHS},
+    "mounts": {"ro": c.HOST_PATHS, "rw": c.HOST_PATHS, "drop": c.HOST_PATHS},
     "deny": {"paths": c.REPO_PATHS},
     "network": {"block": c.CIDR_LIST, "mode": c.NETWORK_MODE, "allow": c.ALLOW_LIST},
+    "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
+    "triggers": {"trusted_hosts": c.STR_LIST},
+    "sessions": {"retention_days": c.whole(1, 3650)},
 }
 
 # What a repo file may say; everything here only tightens.
@@ -37,8 +43,10 @@ CORE_REPO_SCHEMA: Schema = {
     "floor": c.level,
     "intent": {"push": c.boolean, "untrusted_input": c.boolean},
     "env": {"drop": c.ENV_LIST},
+    "mounts": {"drop": c.HOST_PATHS},  # toolchain dirs kept out of the view
     "deny": {"paths": c.REPO_PATHS},
     "network": {"block": c.CIDR_LIST, "mode": c.NETWORK_MODE, "allow": c.ALLOW_LIST},  # mode and allow only tighten
+    "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
 }
 
 # Keys a repo file may not set because they loosen; recognised so they are reported, not guessed at.
@@ -47,7 +55,10 @@ REPO_IGNORED = {
     "trusted_remotes": "trust can only come from the user's config or `posture trust`",
     "identities": "identities can only come from the user's config",
     "env.pass": "passing environment variables loosens; only the user's config may",
-    "mounts": "extra mounts loosen; only the user's config may",
+    "mounts.ro": "extra mounts loosen; only the user's config may",
+    "mounts.rw": "extra mounts loosen; only the user's config may",
+    "triggers": "trusting hosts loosens the live triggers; only the user's config may",
+    "sessions": "how long posture keeps ended sessions is the user's choice",
 }
 BACKEND_TABLE_IGNORED = "backend settings come from the user's config only"
 
@@ -141,15 +152,19 @@ class Settings:
     env_drop: list[str] = field(default_factory=list)
     mounts_ro: list[str] = field(default_factory=list)
     mounts_rw: list[str] = field(default_factory=list)
+    mounts_drop: list[str] = field(default_factory=list)  # toolchain dirs kept out of the view (user and repo)
     deny_paths: list[str] = field(default_factory=list)
     network_block: list[str] = field(default_factory=list)
     network_mode: str = "public"  # the effective mode without a --network flag (user's config, tightened by the repo's)
     user_network_mode: str = "public"
     repo_network_mode: str | None = None  # what the repo file asked (applies under any --network only where stricter)
     network_allow: list[str] = field(default_factory=list)  # the user's allowlist, shrunk by the repo's
+    on_trigger: str = "deny"  # what a live trigger does: escalate, deny or log
+    trusted_hosts: list[str] = field(default_factory=list)  # globs: WebFetch of these fires no trigger
     intent_push: bool = False
     intent_untrusted_input: bool = False
     backend: dict[str, dict[str, Any]] = field(default_factory=dict)  # each backend's own table, by name
+    retention_days: int = RETENTION_DAYS  # ended sessions older than this are pruned (`posture gc`)
     repo_file: str | None = None
     repo_asked: list[str] = field(default_factory=list)
     repo_ignored: list[tuple[str, str]] = field(default_factory=list)
@@ -183,11 +198,15 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     s.env_drop = list(user.get("env", {}).get("drop", []))
     s.mounts_ro = list(user.get("mounts", {}).get("ro", []))
     s.mounts_rw = list(user.get("mounts", {}).get("rw", []))
+    s.mounts_drop = list(user.get("mounts", {}).get("drop", []))
     s.deny_paths = list(user.get("deny", {}).get("paths", []))
     s.network_block = list(user.get("network", {}).get("block", []))
     s.network_mode = s.user_network_mode = user.get("network", {}).get("mode", "public")
     s.network_allow = list(user.get("network", {}).get("allow", []))
+    s.on_trigger = user.get("escalation", {}).get("on_trigger", "deny")
+    s.trusted_hosts = list(user.get("triggers", {}).get("trusted_hosts", []))
     s.backend = {name: dict(user.get(name, {})) for name in tables}
+    s.retention_days = user.get("sessions", {}).get("retention_days", RETENTION_DAYS)
     s.repo_file = str(repo_path) if repo_path else None
     s.repo_ignored = list(repo_ignored)
 
@@ -219,6 +238,16 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     if deny:
         s.deny_paths = _union(s.deny_paths, deny)
         asked.append(f"deny.paths = {deny}")
+    repo_on = repo.get("escalation", {}).get("on_trigger")
+    if repo_on and ON_TRIGGER.index(repo_on) > ON_TRIGGER.index(s.on_trigger):
+        s.on_trigger = repo_on
+        asked.append(f"escalation.on_trigger = {repo_on}")
+    elif repo_on and repo_on != s.on_trigger:
+        s.repo_ignored.append(("escalation.on_trigger", f"{repo_on} is looser than the user's {s.on_trigger}; a repo may only move toward deny"))
+    mounts_drop = repo.get("mounts", {}).get("drop", [])
+    if mounts_drop:
+        s.mounts_drop = _union(s.mounts_drop, mounts_drop)
+        asked.append(f"mounts.drop = {mounts_drop}")
     block = repo.get("network", {}).get("block", [])
     if block:
         s.network_block = _union(s.network_block, block)

@@ -70,6 +70,7 @@ def view_args(view: Any, runtime: Path, ipv6: bool = True) -> tuple[list[str], l
         if not os.path.exists(bind.source):
             continue
         args += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.target]
+    args += toolchain_args(view)
     args += ["--bind", view.project, view.project]
     wanted: list[tuple[str, bool]] = []
     seen: set[str] = set()
@@ -92,6 +93,22 @@ def view_args(view: Any, runtime: Path, ipv6: bool = True) -> tuple[list[str], l
         elif os.path.lexists(path):
             args += ["--ro-bind", "/dev/null", path]
     return args, wanted
+
+
+def toolchain_args(view: Any) -> list[str]:
+    """The links that lead to the user's toolchains, and the credential files their trees hold, masked."""
+    tc = getattr(view, "toolchains", None)
+    if tc is None:
+        return []
+    args: list[str] = []
+    for path, target in tc.links:
+        args += ["--symlink", target, path]
+    for path in tc.masks:
+        if os.path.isdir(path) and not os.path.islink(path):
+            args += ["--perms", "0500", "--tmpfs", path, "--remount-ro", path]
+        else:
+            args += ["--ro-bind", "/dev/null", path]
+    return args
 
 
 def hardening_args(hostname: str) -> list[str]:

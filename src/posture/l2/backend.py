@@ -119,6 +119,10 @@ def add_commands(app: Any) -> None:
     """`posture netd`: run the root network helper in the foreground."""
     import typer
 
+    from ..netd.limits import Limits
+
+    d = Limits()
+
     @app.command("netd")
     def netd_command(
         socket: str = typer.Option(None, "--socket", help="Unix socket to serve (default /run/posture/netd.sock or POSTURE_NETD_SOCKET)."),
@@ -126,6 +130,10 @@ def add_commands(app: Any) -> None:
         table: str = typer.Option("posture", "--table", help="nftables table (inet family) the helper loads."),
         no_ipv6: bool = typer.Option(False, "--no-ipv6", help="Give sandboxes IPv4 only."),
         pidfile: str = typer.Option(None, "--pidfile", help="Write the helper's pid here."),
+        max_connections: int = typer.Option(d.max_connections, "--max-connections", help="Connections open at once, all users together."),
+        max_per_uid: int = typer.Option(d.max_per_uid, "--max-per-uid", help="Connections open at once by one uid."),
+        max_sessions_per_uid: int = typer.Option(d.max_sessions_per_uid, "--max-sessions-per-uid", help="Sandboxes attached at once by one uid."),
+        request_timeout: float = typer.Option(d.request_timeout, "--request-timeout", help="Seconds a connection has to send its request."),
     ) -> int:
         """Root: run the L2 network helper (nftables rule + slirp4netns per sandbox) in the foreground."""
         from ..netd import client as netd
@@ -137,6 +145,8 @@ def add_commands(app: Any) -> None:
             argv.append("--no-ipv6")
         if pidfile:
             argv += ["--pidfile", pidfile]
+        argv += ["--max-connections", str(max_connections), "--max-per-uid", str(max_per_uid),
+                 "--max-sessions-per-uid", str(max_sessions_per_uid), "--request-timeout", str(request_timeout)]
         from ..netd.__main__ import main
 
         return main(argv)

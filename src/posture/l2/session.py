@@ -21,6 +21,7 @@ Module import stays light: it runs on every CLI start.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,10 @@ INFO_TIMEOUT = 10.0
 AGENT_MAIN = f"import sys; sys.path.insert(0, {AGENT_DIR_INSIDE!r}); import agent; sys.exit(agent.main())"
 
 
+class _SetupRace(Exception):
+    """bwrap died setting up a sandbox that never ran anything (worth one fresh try)."""
+
+
 class BwrapSession(Session):
     """One bwrap sandbox, its network (via netd) and its exec agent."""
 
@@ -43,6 +48,7 @@ class BwrapSession(Session):
         self.view: Any = None
         self.settings = settings
         self.proc: Any = None
+        self.gateway: Any = None  # posture.gateway.launch.Running, in the process that started the session
         self.egress: Any = None  # the egress proxy's process (modes allowlist, none), in the process that started it
 
     # -------------------------------------------------------------- helpers
@@ -69,7 +75,19 @@ class BwrapSession(Session):
 
     # -------------------------------------------------------------- start
     def start(self, spec: StartSpec) -> None:
-        """Start bwrap with the agent, attach its network through netd (fail closed), record how to reach it."""
+        """Start bwrap with the agent, attach its network through netd (fail closed), record how to reach it.
+
+        bwrap 0.8 sometimes dies setting up the sandbox's own loopback ("loopback: Failed RTM_NEWADDR";
+        about one start in a hundred on a busy machine, with or without posture's helper): such a
+        sandbox never ran a command, and one fresh sandbox is started in its place."""
+        try:
+            self._start_once(spec)
+        except _SetupRace as first:
+            self.stop()
+            print(f"posture: {first}; starting a fresh sandbox", file=sys.stderr, flush=True)
+            self._start_once(spec)
+
+    def _start_once(self, spec: StartSpec) -> None:
         import json
         import select
         import socket
@@ -111,7 +129,7 @@ class BwrapSession(Session):
             os.umask(old)
         listener.listen(16)
         self.data["socket"] = str(agent_sock)
-        door = self._egress_door(view, runtime)
+        door = self._gateway_door(view, runtime)
 
         filt_r, filt_w = os.pipe2(os.O_CLOEXEC)
         filt = seccomp.build()
@@ -183,20 +201,51 @@ class BwrapSession(Session):
             self._abort(child)
             raise Unavailable(f"network mode {view.network.mode} cannot be enforced: the network helper attached a network anyway "
                               "(it predates network modes)", fix="as root run `posture setup` to update and restart the helper")
+        self._until_agent_runs(child, runtime)
 
-    def _egress_door(self, view: Any, runtime: Path) -> tuple[list[str], list[str]]:
-        """In modes allowlist and none, start the session's egress proxy and return the bwrap arguments
-        binding its socket in, and the exec agent's forwarder from the sandbox's own loopback to it."""
+    def _until_agent_runs(self, child: int, runtime: Path) -> None:
+        """Wait until the sandbox's init has started the exec agent (set-up is over), or bwrap died."""
+        import time
+
+        from ..errors import Unavailable
+
+        deadline = time.monotonic() + INFO_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = (runtime / "bwrap.log").read_text(errors="replace").strip()
+                self._abort(child)
+                if "loopback: Failed" in err:
+                    raise _SetupRace(f"bwrap failed setting up the sandbox's loopback ({err.splitlines()[-1]})")
+                raise Unavailable(f"the sandbox exited during its set-up: {err or 'no message'}", fix=f"see {runtime / 'bwrap.log'}")
+            try:
+                if Path(f"/proc/{child}/task/{child}/children").read_text().strip():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.001)
+
+
+    def _gateway_door(self, view: Any, runtime: Path) -> tuple[list[str], list[str]]:
+        """Start the session's one gateway process when the profile has credentials here (the broker) or
+        the session's only way out is the gateway (modes allowlist and none: its egress proxy), and return
+        the bwrap arguments binding its socket in, and the agent's forwarder from the sandbox's own loopback to it."""
         from .. import gateway
-        from ..gateway import egressdoor
+        from ..gateway import egressdoor, launch
         from ..session import sessions_dir
 
         log = sessions_dir() / f"{self.record.id}.egress.jsonl"
         self.data.update(network_mode=view.network.mode, egress_log=str(log))
-        if not view.network.through_gateway:
+        egress = egressdoor.plan(view.network, self.record.id, view.level, log) if view.network.through_gateway else None
+        brokered = getattr(view, "gateway", None)
+        if brokered is not None and brokered.active:
+            self.gateway = launch.start(brokered, runtime, self.record.id, egress=egress)
+            self.data.update(self.gateway.facts())
+            path = self.gateway.socket
+        elif egress is not None:  # no credential to broker: the egress proxy alone, started on its first connection
+            self.egress, path = egressdoor.start(runtime, egress)
+            self.data.update(egress_pid=self.egress.pid, egress_socket=path)
+        else:
             return [], []
-        self.egress, path = egressdoor.start(runtime, egressdoor.plan(view.network, self.record.id, view.level, log))
-        self.data.update(egress_pid=self.egress.pid, egress_socket=path)
         return (["--ro-bind", path, gateway.SOCKET_INSIDE],
                 ["--forward", f"127.0.0.1:{gateway.INSIDE_PORT}={gateway.SOCKET_INSIDE}"])
 
@@ -284,6 +333,11 @@ class BwrapSession(Session):
                 netd.notify(self._netd_socket(), {"op": "release", "session": self.record.id})
             except OSError:
                 pass
+        if self.gateway is not None or self.data.get("gateway_pid"):
+            from ..gateway import launch
+
+            launch.stop(self.gateway, self.data)
+            self.gateway = None
         if self.egress is not None or self.data.get("egress_pid"):
             from ..gateway import egressdoor
 

@@ -21,15 +21,16 @@ from ..terminal import AgentTerminal
 HOST_SPECIFIC = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "TMPDIR", "PWD", "OLDPWD", "MAIL")
 
 
-def remote_env(view_env: dict[str, str], session: str, home: str, user: str) -> tuple[dict[str, str], list[str]]:
+def remote_env(view_env: dict[str, str], session: str, home: str, user: str, sentinels: frozenset[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
     """The environment for commands on the host: the view's allowlisted, non-secret variables with
-    the host's own HOME/USER/PATH; and the names left out. Credentials never travel to L4."""
+    the host's own HOME/USER/PATH; and the names left out. Credentials never travel to L4: only the
+    gateway's sentinels (`sentinels`: the names whose values the session's gateway put in the view)."""
     env: dict[str, str] = {}
     dropped: list[str] = []
     for name, value in view_env.items():
         if name in HOST_SPECIFIC or name in envpolicy.NEVER_PASS:
             continue
-        if envpolicy.secret_looking(name):
+        if envpolicy.secret_looking(name) and name not in sentinels:
             dropped.append(name)
             continue
         env[name] = value
@@ -54,6 +55,7 @@ class TailnetSession(Session):
         self.launch_argv: list[str] | None = None
         self.settings = settings
         self._client: Any = None
+        self.gateway: Any = None  # posture.gateway.launch.Running, in the process holding the session
 
     # ------------------------------------------------------------ connection
 
@@ -136,12 +138,22 @@ class TailnetSession(Session):
             self.record.checkpoints.append(ref)
         user = str(ssh.require(self.l4, "user"))
         view_env = dict(self.view.env.env) if self.view is not None else {}
-        env, dropped = remote_env(view_env, self.record.id, "", user)  # HOME is known once the host answers
-        then, then_args, tar, send = self._then(layout, key, env)
+        brokered = getattr(self.view, "gateway", None)
+        brokered = brokered if brokered is not None and brokered.active else None
+        sentinels = frozenset(brokered.env) if brokered else frozenset()
+        env, dropped = remote_env(view_env, self.record.id, "", user, sentinels)  # HOME is known once the host answers
+        if brokered is None:
+            then, then_args, tar, send = self._then(layout, key, env)
         connecting.join()
         if "error" in login:
             raise login["error"]
         client = login["client"]
+        if brokered is not None:
+            # the agent's base URL is the host's end of a forward on this very connection
+            port = self._open_gateway(brokered, client)
+            if brokered.base_url_env:
+                env[brokered.base_url_env] = brokered.inside_url(port)
+            then, then_args, tar, send = self._then(layout, key, env)
         self.record.data.update({"bare": bare, "checkpoint_ref": ref, "checkpoint_commit": commit, "tmux": self.tmux_socket, "spare": spare})
         sync.push(client, project, commit, ref, bare)
         self.record.data["worktree"] = worktree  # until the host answers: so that stop() cleans up after a failure
@@ -170,11 +182,27 @@ class TailnetSession(Session):
                 raise InternalError("could not start the agent on the L4 host (tmux failed)")
             self.record.data["launched"] = list(self.launch_argv)
 
+    def _open_gateway(self, brokered: Any, client: Any) -> int:
+        """Start the session's gateway here and open its door on the host; return the host's port."""
+        from ..gateway import launch
+        from ..l4 import door
+        from ..session import session_runtime_dir
+
+        self.gateway = launch.start(brokered, session_runtime_dir(self.record.id), self.record.id)
+        self.record.data.update(self.gateway.facts())
+        try:
+            port = door.open_door(client.get_transport(), self.gateway.socket)
+        except Exception as exc:  # noqa: BLE001 - paramiko raises SSHException; reported as unavailable
+            raise Unavailable(f"the L4 host refused the forward to the session's gateway: {exc}",
+                              fix="allow TCP forwarding for posture's user in the host's sshd_config (AllowTcpForwarding)") from None
+        self.record.data["gateway_port"] = port
+        return port
+
     def _then(self, layout, project_key: str, env: dict[str, str], full: bool = False) -> tuple[str, list[str], bytes, Any]:
         """The part of the start script after the checkout: receive the project's agent state (never
-        credential files; only what changed since the last send to this host) into its state home on
-        the host, map the working-directory keys, link the host's own credentials in ($AH = that
-        home); then launch the agent if asked to. Prints $AH (or "state-stale": the host's state
+        credential files; only what changed since the last send to this host) and the session's
+        sentinel credential files into its state home on the host, map the working-directory keys
+        ($AH = that home); then launch the agent if asked to. Prints $AH (or "state-stale": the host's state
         home is not the one posture last sent to, and nothing was launched), then "launched"."""
         from .. import profiles
         from ..l4 import ssh, state
@@ -184,10 +212,11 @@ class TailnetSession(Session):
             profile = profiles.load(self.record.profile)
             remote = state.remote_state_home(layout.workdir, project_key, profile.name)
             send = state.plan_send(self.view, profile.credential_files, self._state_key(remote), full=full)
+            self.record.data["state_sent"] = len(send.items)
+            state.add_sentinels(send, getattr(self.view, "gateway", None))
             tar = send.tar()
             args = state.receive_args(remote, send, state.path_key(self.record.project), profile.state_project_keyed, profile.credential_files)
             script = state.RECEIVE + 'receive_state "$@"; if [ -z "$AH" ]; then echo state-stale; exit 0; fi; echo "$AH"\n'
-            self.record.data["state_sent"] = len(send.items)
         argv = self.launch_argv
         if argv:
             tmux = self.terminal.new(argv)
@@ -246,6 +275,11 @@ class TailnetSession(Session):
         full checkout) or remove it."""
         from ..l4 import ssh, sync
 
+        if self.gateway is not None or self.record.data.get("gateway_pid"):
+            from ..gateway import launch
+
+            launch.stop(self.gateway, self.record.data)
+            self.gateway = None
         if "worktree" not in self.record.data and "bare" not in self.record.data:
             self.close()
             return

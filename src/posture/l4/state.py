@@ -8,9 +8,10 @@ agent's own credentials on the host are the host's business), wherever they sit 
 Where it lands: one state home per project and profile on the host,
 `<workdir>/state/<project key>/<profile>/home`, kept between sessions (a later L4 session of the
 project continues too; files newer on the host than the ones sent are kept). The agent runs with
-HOME set to it, like L2's per-project state home. The host's own credential files (the profile's
-`credentials.files`, from the login user's real home) are linked into it, so the agent logs in
-with the host's credentials.
+HOME set to it, like L2's per-project state home. The host needs no agent credential of its own:
+the profile's credential files there are the session's sentinels (posture.gateway), sent with the
+state, and the agent's API calls come back to the session's gateway over posture's own SSH
+connection (door.py). Nothing of the login user's own home is linked in.
 
 Keyed history: for each `state.project_keyed` directory of the profile (Claude Code's
 ~/.claude/projects), entries are named after the agent's working directory. The local project's
@@ -84,7 +85,9 @@ def pack(items: list[tuple[str, str]]) -> bytes:
 
 # A shell function for the host, run right after the work tree is checked out (sync.checkout's
 # `then`, same round trip; $H is the login directory, $Wabs the work tree, the tar on stdin):
-#   receive_state STATE_HOME tar|none EXPECTED_ID NEW_ID [KEYED_DIR CANONICAL_KEY]... -- [CREDENTIAL_FILE]...
+#   receive_state STATE_HOME tar|none EXPECTED_ID NEW_ID [CREDENTIAL_FILE]... -- [KEYED_DIR CANONICAL_KEY]...
+# CREDENTIAL_FILE: the profile's credential files, removed before unpacking (an old sentinel, or a
+# link an older posture made to the host's own): the tar brings this session's sentinels.
 # It sets $AH to the state home's absolute path, or to "" when the state home is not the one
 # posture last sent to (EXPECTED_ID does not match: wiped, or never sent): then nothing is
 # unpacked and the caller sends everything again.
@@ -95,17 +98,15 @@ receive_state() {
   if [ -n "$expect" ] && [ "$(cat .posture-state-id 2>/dev/null || true)" != "$expect" ]; then
     cat >/dev/null; AH=; cd "$H"; return 0
   fi
+  while [ "$1" != -- ]; do rm -f -- "$1"; shift; done
+  shift
   if [ "$mode" = tar ]; then tar -x --no-same-owner --keep-newer-files --warning=no-ignore-newer -f -; fi
   if [ -n "$new" ]; then printf '%s\n' "$new" > .posture-state-id; fi
   key=$(printf %s "$Wabs" | LC_ALL=C sed 's/[^A-Za-z0-9]/-/g')
-  while [ "$1" != -- ]; do  # this session's key becomes a link to the project's own entry
+  while [ $# -ge 2 ]; do  # this session's key becomes a link to the project's own entry
     mkdir -p -- "$1/$2"
     if [ "$2" != "$key" ] && ! { [ -d "$1/$key" ] && ! [ -L "$1/$key" ]; }; then rm -f -- "$1/$key"; ln -s -- "$2" "$1/$key"; fi
     shift 2
-  done
-  shift
-  for c in "$@"; do  # the host's own credential files, linked in unless the state holds its own
-    if [ -e "$H/$c" ] && ! { [ -f "$c" ] && ! [ -L "$c" ]; }; then mkdir -p -- "$(dirname -- "$c")"; rm -f -- "$c"; ln -s -- "$H/$c" "$c"; fi
   done
   AH=$(pwd -P); cd "$H"
 }
@@ -161,12 +162,20 @@ def record_sent(view: Any, host_key: str, send: Send) -> None:
     os.replace(tmp, path)
 
 
+def add_sentinels(send: Send, brokered: Any) -> None:
+    """Send the session's sentinel credential files (posture.gateway) with the state, every time."""
+    if brokered is None:
+        return
+    for rel, path in sorted(getattr(brokered, "paths", {}).items()):
+        send.items.append((path, rel))
+
+
 def receive_args(state_home: str, send: Send, canonical: str, keyed_dirs: list[str], credentials: list[str]) -> list[str]:
     """The arguments of `receive_state` for this session."""
-    args = [state_home, "tar" if send.items else "none", send.expect, send.new_id]
+    args = [state_home, "tar" if send.items else "none", send.expect, send.new_id, *credentials, "--"]
     for directory in keyed_dirs:
         args += [directory, canonical]
-    return [*args, "--", *credentials]
+    return args
 
 
 def remote_state_home(workdir: str, project_key: str, profile: str) -> str:

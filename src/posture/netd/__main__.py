@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from . import limits
 from .client import DEFAULT_SOCKET
 from .daemon import DEFAULT_TABLE, serve
 
@@ -18,9 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default=DEFAULT_TABLE)
     parser.add_argument("--no-ipv6", action="store_true")
     parser.add_argument("--pidfile", default=None)
+    limits.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        serve(args.socket, args.cgroup, args.table, not args.no_ipv6, args.pidfile)
+        bounds = limits.from_args(args)
+    except ValueError as exc:
+        print(f"posture netd: {exc}", file=sys.stderr)
+        return 64
+    try:
+        serve(args.socket, args.cgroup, args.table, not args.no_ipv6, args.pidfile, bounds)
     except (PermissionError, RuntimeError) as exc:
         print(f"posture netd: {exc}", file=sys.stderr)
         return 77 if isinstance(exc, PermissionError) else 69

@@ -170,3 +170,17 @@ def own(pid: int | str = "self") -> str | None:
     except OSError:
         return None
     return None
+
+
+def private_mount() -> None:
+    """Under `ip netns exec` /sys is a fresh sysfs without cgroups: mount cgroup2 in a private mount ns."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if libc.mount(None, b"/", None, 0x4000 | 0x40000, None) != 0:  # MS_REC | MS_PRIVATE
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+    os.makedirs("/sys/fs/cgroup", exist_ok=True)
+    if libc.mount(b"cgroup2", b"/sys/fs/cgroup", b"cgroup2", 0, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount -t cgroup2 none /sys/fs/cgroup")

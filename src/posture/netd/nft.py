@@ -14,6 +14,7 @@ import ipaddress
 import re
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 NFT = "nft"
 
@@ -295,3 +296,19 @@ def remove_session_rules(table: str, comment: str) -> None:
         pass
     if lines:
         run("".join(lines))
+
+
+def resolvers(path: str = "/etc/resolv.conf") -> list[str]:
+    """The nameservers of `path` (the DNS exception of the ruleset)."""
+    out = []
+    try:
+        for line in Path(path).read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                try:
+                    out.append(str(ipaddress.ip_address(parts[1].split("%")[0])))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return out

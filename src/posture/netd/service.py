@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import DEFAULT_SOCKET, NetdError, request
+from .limits import Limits
 
 DEFAULT_TABLE = "posture"
 UNIT_PATH = Path("/etc/systemd/system/posture-netd.service")
@@ -26,18 +27,21 @@ def _systemd() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def _unit(sock_path: str) -> str:
+def _unit(sock_path: str, limits: Limits) -> str:
+    flags = "".join(f" {a}" for a in limits.argv())
     return (
         "[Unit]\nDescription=posture network helper (L2 sandbox networking)\nAfter=network.target\n\n"
         "[Service]\n"
-        f"ExecStart={sys.executable} -m posture.netd --socket {sock_path}\n"
+        f"ExecStart={sys.executable} -m posture.netd --socket {sock_path}{flags}\n"
         "Delegate=yes\nRestart=on-failure\n\n"
         "[Install]\nWantedBy=multi-user.target\n"
     )
 
 
-def start(sock_path: str, base: str | None = None, table: str = DEFAULT_TABLE, timeout: float = 10.0) -> list[str]:
+def start(sock_path: str, base: str | None = None, table: str = DEFAULT_TABLE, timeout: float = 10.0,
+          limits: Limits | None = None) -> list[str]:
     """Make sure a verified helper serves `sock_path` (idempotent); return what was done."""
+    limits = limits or Limits()
     done: list[str] = []
     current = _status(sock_path)
     if current and current.get("verified"):
@@ -46,7 +50,7 @@ def start(sock_path: str, base: str | None = None, table: str = DEFAULT_TABLE, t
         done += stop(sock_path)
         done.append(f"restarted the network helper: {current.get('detail')}")
     if _systemd():
-        UNIT_PATH.write_text(_unit(sock_path))
+        UNIT_PATH.write_text(_unit(sock_path, limits))
         subprocess.run(["systemctl", "daemon-reload"], check=True)
         subprocess.run(["systemctl", "enable", "--now", UNIT_PATH.name], check=True)
         subprocess.run(["systemctl", "restart", UNIT_PATH.name], check=True)
@@ -58,6 +62,7 @@ def start(sock_path: str, base: str | None = None, table: str = DEFAULT_TABLE, t
         argv = [sys.executable, "-m", "posture.netd", "--socket", sock_path, "--table", table, "--pidfile", str(rundir / "netd.pid")]
         if base:
             argv += ["--cgroup", base]
+        argv += limits.argv()
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
         log.close()
         done.append(f"started the network helper as a daemon (log {rundir / 'netd.log'})")

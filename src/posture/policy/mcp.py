@@ -1,8 +1,20 @@
 """MCP server definitions found for a project, their fingerprints, and the user's approvals.
 
-A fingerprint covers what decides what a server runs or reaches: command, args, url,
-and the *names* of its env vars and headers (never their values). Approving stores it;
-any change makes the server unfamiliar again.
+The files, each read as its owner defines it:
+- Claude Code: `.mcp.json` (project) and `~/.claude.json` (user, and per project under
+  `projects.<path>`): JSON, `mcpServers.NAME = {type: stdio|http|sse, command, args, env, url,
+  headers, headersHelper}`.
+- Cursor: `.cursor/mcp.json`: JSON, `mcpServers.NAME = {command, args, env, envFile, url, headers}`.
+- VS Code: `.vscode/mcp.json`: JSONC (comments, trailing commas), `servers.NAME = {type, command,
+  args, env, envFile, cwd, url, headers}` next to `inputs` (prompts for `${input:ID}` values).
+- Codex: `~/.codex/config.toml`: TOML, `[mcp_servers.NAME]` with command, args, env, env_vars, cwd,
+  url, http_headers, env_http_headers, bearer_token_env_var.
+Both `mcpServers` and `servers` are read in every JSON file: a server a tool might load is never
+missed. A file that cannot be parsed counts against trust (the rule fires) and is listed as unreadable.
+
+A fingerprint covers what decides what a server runs or reaches: command, args, url, cwd,
+transport type, envFile path, headersHelper, and the *names* of its env vars and headers (never
+their values). Approving stores it; any change makes the server unfamiliar again.
 """
 
 from __future__ import annotations
@@ -14,8 +26,11 @@ from typing import Any
 
 from .. import gitutil, paths
 from ..jsonstore import JsonStore
+from . import jsonc
 
+# Each project file and whether its owner defines it as JSONC (VS Code does; Claude Code and Cursor: JSON).
 PROJECT_FILES = (".mcp.json", ".cursor/mcp.json", ".vscode/mcp.json")
+JSONC_FILES = frozenset({".vscode/mcp.json"})
 USER_SCOPE = "*"  # approvals of servers from the user's own agent configs hold for every project
 
 
@@ -31,6 +46,10 @@ class McpServer:
     url: str | None = None
     env_names: tuple[str, ...] = ()
     header_names: tuple[str, ...] = ()
+    type: str | None = None  # transport as written: stdio, http, sse (None: implied by command/url)
+    env_file: str | None = None  # a file of env vars the tool loads for it (Cursor, VS Code)
+    cwd: str | None = None
+    headers_helper: str | None = None  # a command whose output becomes headers (Claude Code)
 
     @property
     def key(self) -> str:
@@ -39,14 +58,20 @@ class McpServer:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 over command, args, url and env/header names."""
-        body = {
+        """SHA-256 over what it runs and reaches. Fields a definition does not set are left out, so
+        the fingerprint of a plain command/url server is the one earlier versions approved."""
+        body: dict[str, Any] = {
             "command": self.command,
             "args": list(self.args),
             "url": self.url,
             "env": sorted(self.env_names),
             "headers": sorted(self.header_names),
         }
+        if self.type is not None and self.type != "stdio":  # stdio is what a command server is anyway
+            body["type"] = self.type
+        for name, value in (("envFile", self.env_file), ("cwd", self.cwd), ("headersHelper", self.headers_helper)):
+            if value is not None:
+                body[name] = value
         from ..digest import sha256
 
         return sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -60,23 +85,43 @@ class Discovery:
     unreadable: list[str] = field(default_factory=list)
 
 
-def _names(value: Any) -> tuple[str, ...]:
-    return tuple(sorted(str(k) for k in value)) if isinstance(value, dict) else ()
+def _names(*values: Any) -> tuple[str, ...]:
+    """Sorted names: the keys of tables, the items of lists, single strings."""
+    found: set[str] = set()
+    for value in values:
+        if isinstance(value, dict):
+            found.update(str(k) for k in value)
+        elif isinstance(value, list):
+            found.update(str(v) for v in value)
+        elif isinstance(value, str):
+            found.add(value)
+    return tuple(sorted(found))
+
+
+def _text(spec: dict[str, Any], key: str) -> str | None:
+    value = spec.get(key)
+    return None if value is None else str(value)
 
 
 def _server(name: str, spec: Any, source: str, user_level: bool) -> McpServer:
     if not isinstance(spec, dict):
         spec = {"command": repr(spec)}
     args = spec.get("args") or ()
+    env_http = spec.get("env_http_headers")  # Codex: header name -> env var holding its value
+    bearer = spec.get("bearer_token_env_var")  # Codex: env var sent as `Authorization: Bearer`
     return McpServer(
         name=str(name),
         source=source,
         user_level=user_level,
-        command=str(spec["command"]) if spec.get("command") is not None else None,
+        command=_text(spec, "command"),
         args=tuple(str(a) for a in args) if isinstance(args, list) else (repr(args),),
-        url=str(spec["url"]) if spec.get("url") is not None else None,
-        env_names=_names(spec.get("env")),
-        header_names=_names(spec.get("headers")),
+        url=_text(spec, "url"),
+        env_names=_names(spec.get("env"), spec.get("env_vars"), bearer, list(env_http.values()) if isinstance(env_http, dict) else None),
+        header_names=_names(spec.get("headers"), spec.get("http_headers"), env_http, "Authorization" if bearer else None),
+        type=_text(spec, "type"),
+        env_file=_text(spec, "envFile"),
+        cwd=_text(spec, "cwd"),
+        headers_helper=_text(spec, "headersHelper"),
     )
 
 
@@ -90,6 +135,21 @@ def _servers_in(doc: Any, source: str, user_level: bool) -> list[McpServer]:
     return found
 
 
+def _read(path: Path, source: str, kind: str, result: Discovery) -> Any:
+    """Parse one config file (kind: json, jsonc or toml); on failure note it as unreadable, return None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if kind == "toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        return jsonc.loads(text, comments=kind == "jsonc")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        what = {"json": "JSON", "jsonc": "JSON with comments", "toml": "TOML"}[kind]
+        result.unreadable.append(f"{source}: not valid {what} ({jsonc.describe_error(exc)})")
+        return None
+
+
 def discover(project: Path, home: Path | None = None) -> Discovery:
     """Find every MCP server the agent would load in `project`."""
     home = home or paths.home_dir()
@@ -97,32 +157,21 @@ def discover(project: Path, home: Path | None = None) -> Discovery:
     for rel in PROJECT_FILES:
         path = project / rel
         if path.is_file():
-            try:
-                result.servers += _servers_in(json.loads(path.read_text()), rel, False)
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
-                result.unreadable.append(f"{rel}: {exc.__class__.__name__}")
+            doc = _read(path, rel, "jsonc" if rel in JSONC_FILES else "json", result)
+            result.servers += _servers_in(doc, rel, False)
     claude = home / ".claude.json"
     if claude.is_file():
-        try:
-            doc = json.loads(claude.read_text())
-            result.servers += _servers_in(doc, "~/.claude.json", True)
-            projects = doc.get("projects") if isinstance(doc, dict) else None
-            if isinstance(projects, dict):
-                entry = projects.get(str(project))
-                result.servers += _servers_in(entry, "~/.claude.json (project)", False)
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            result.unreadable.append(f"~/.claude.json: {exc.__class__.__name__}")
+        doc = _read(claude, "~/.claude.json", "json", result)
+        result.servers += _servers_in(doc, "~/.claude.json", True)
+        projects = doc.get("projects") if isinstance(doc, dict) else None
+        if isinstance(projects, dict):
+            result.servers += _servers_in(projects.get(str(project)), "~/.claude.json (project)", False)
     codex = home / ".codex" / "config.toml"
     if codex.is_file():
-        try:
-            import tomllib
-
-            doc = tomllib.loads(codex.read_text())
-            table = doc.get("mcp_servers")
-            if isinstance(table, dict):
-                result.servers += [_server(n, s, "~/.codex/config.toml", True) for n, s in table.items()]
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            result.unreadable.append(f"~/.codex/config.toml: {exc.__class__.__name__}")
+        doc = _read(codex, "~/.codex/config.toml", "toml", result)
+        table = doc.get("mcp_servers") if isinstance(doc, dict) else None
+        if isinstance(table, dict):
+            result.servers += [_server(n, s, "~/.codex/config.toml", True) for n, s in table.items()]
     return result
 
 

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fnmatch import fnmatchcase
+from pathlib import Path
+from urllib.parse import urlsplit
+
 from ..config import Settings
 from ..hookspecs import hookimpl
 from . import mcp
+from .events import TOOL_CALL, Event
 from .facts import Facts
+from .pushparse import push_commands
 from .remotes import matches
 
 
@@ -32,6 +38,24 @@ class Rule:
     def evaluate(self, facts: Facts, settings: Settings) -> Finding:  # pragma: no cover - interface
         """Judge the facts; say why, whether or not the rule fires."""
         raise NotImplementedError
+
+    def on_event(self, event: Event, project: Path, settings: Settings) -> Finding | None:
+        """Judge one event of a running session (a tool call, a change to the project); None when the
+        rule has nothing to say about this kind of event. The project watcher re-runs `evaluate`."""
+        return None
+
+
+def trusted_host(host: str, settings: Settings) -> str | None:
+    """The `[triggers] trusted_hosts` glob that `host` matches, if any."""
+    host = host.lower().rstrip(".")
+    return next((g for g in settings.trusted_hosts if fnmatchcase(host, g.lower())), None)
+
+
+def _mcp_server_of(tool_name: str) -> str | None:
+    """`mcp__<server>__<tool>` -> server (Claude Code's names for MCP tools)."""
+    if not tool_name.startswith("mcp__"):
+        return None
+    return tool_name[len("mcp__"):].split("__", 1)[0] or None
 
 
 class UntrustedRepo(Rule):
@@ -97,6 +121,15 @@ class PushIntent(Rule):
             return Finding(True, f"push intent declared ({source})")
         return Finding(False, "no push intent declared")
 
+    def on_event(self, event: Event, project: Path, settings: Settings) -> Finding | None:
+        """A Bash command that would push or publish (a best-effort parse of the command line)."""
+        if event.kind != TOOL_CALL or event.tool_name != "Bash":
+            return None
+        found = push_commands(str(event.tool_input.get("command", "")))
+        if found:
+            return Finding(True, f"the agent's command would push or publish: {'; '.join(found)}")
+        return None
+
 
 class UntrustedInput(Rule):
     name = "untrusted_input"
@@ -107,6 +140,34 @@ class UntrustedInput(Rule):
             source = "--untrusted-input" if not settings.intent_untrusted_input else ".posture.toml [intent] untrusted_input"
             return Finding(True, f"untrusted input declared ({source})")
         return Finding(False, "no untrusted input declared")
+
+    def on_event(self, event: Event, project: Path, settings: Settings) -> Finding | None:
+        """WebFetch of a host the user has not trusted, any WebSearch outside trusted domains, a tool of
+        an MCP server that is not approved."""
+        if event.kind != TOOL_CALL:
+            return None
+        tool, args = event.tool_name, event.tool_input
+        if tool == "WebFetch":
+            url = str(args.get("url", ""))
+            host = (urlsplit(url).hostname or "").lower()
+            glob = trusted_host(host, settings) if host else None
+            if glob:
+                return Finding(False, f"WebFetch of {host}, trusted by [triggers] trusted_hosts {glob!r}")
+            return Finding(True, f"WebFetch of {url[:300]} ({host or 'no host'} is not in [triggers] trusted_hosts)")
+        if tool == "WebSearch":
+            domains = [str(d) for d in args.get("allowed_domains") or []]
+            if domains and all(trusted_host(d, settings) for d in domains):
+                return Finding(False, f"WebSearch limited to trusted domains {domains}")
+            return Finding(True, f"WebSearch for {str(args.get('query', ''))[:200]!r}: results come from hosts not in [triggers] trusted_hosts")
+        server = _mcp_server_of(tool)
+        if server is not None:
+            found = [s for s in mcp.discover(project).servers if s.name == server]
+            states = {mcp.status(project, s) for s in found}
+            if found and states == {"approved"}:
+                return Finding(False, f"{tool}: MCP server {server} is approved")
+            why = "changed since approval" if "changed" in states else "not approved" if found else "not configured where posture looks"
+            return Finding(True, f"{tool}: MCP server {server} is {why} (review, then `posture mcp approve {server}`)")
+        return None
 
 
 BUILTIN_RULES = [UntrustedRepo(), UnfamiliarMcp(), PushIntent(), UntrustedInput()]

@@ -1,0 +1,299 @@
+"""Runs INSIDE a session and tries to break every promise; prints one JSON report.
+
+The one probe program: the tests run it in L2 and L3 sessions, `posture verify` runs it at
+every level. Standard library only (it runs on the system python3 inside the session, or
+on the L4 host). Usage:
+    python3 probe.py '<json config>'      or      python3 -c "$(cat probe.py)" '<json config>'
+Config keys (all optional but home/project): canary, canaries (more needles), secret, home,
+project, creds (paths), unix (host socket paths), abstract (abstract socket names), blocked
+(addr list), blocked_ports (addr:port pairs), public (addr list), port, targets (more
+addr:port pairs), timeout, protected (project-relative paths), scan_roots (where to look for
+the canaries; default every top-level directory), scan_skip (directories not to walk),
+kernel (false: skip the syscall and user-namespace checks, which are about the session's own
+kernel), gentle (true: leave no trace: protected paths are opened for writing but never
+written, the only project write is the marker named in project_marker, which the caller
+checks on the host and removes; no git commit). Every check records what happened; the
+caller decides.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import platform
+import pty
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import uuid
+
+libc = ctypes.CDLL(None, use_errno=True)
+SYSCALLS = {
+    "x86_64": {"keyctl": 250, "add_key": 248, "ptrace": 101, "process_vm_readv": 310, "fsopen": 430, "open_tree": 428,
+               "mount_setattr": 442, "fsmount": 432, "move_mount": 429, "fspick": 433, "unshare": 272, "clone3": 435},
+    "aarch64": {"keyctl": 219, "add_key": 217, "ptrace": 117, "process_vm_readv": 270, "fsopen": 430, "open_tree": 428,
+                "mount_setattr": 442, "fsmount": 432, "move_mount": 429, "fspick": 433, "unshare": 97, "clone3": 435},
+}
+SYS = SYSCALLS.get(platform.machine(), {})
+CLONE_NEWUSER = 0x10000000
+GREETING_WAIT = 1.0  # a connected server that says nothing (TLS, DNS) is still reached
+
+
+def errname(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else type(exc).__name__
+
+
+def outcome(fn) -> str:
+    """'ok' or the errno name / exception of calling fn()."""
+    try:
+        fn()
+        return "ok"
+    except OSError as exc:
+        return errname(exc)
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+
+
+def syscall(name: str, *args: int | bytes) -> str:
+    if name not in SYS:
+        return "unknown-arch"
+    ctypes.set_errno(0)
+    conv = [ctypes.c_char_p(a) if isinstance(a, bytes) else ctypes.c_long(a) for a in args]
+    rc = libc.syscall(ctypes.c_long(SYS[name]), *conv)
+    if rc == -1:
+        return errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+    return "ok"
+
+
+def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str]) -> dict[str, list[str]]:
+    """Paths whose name or content holds each needle (/proc, /sys, /dev and `skip` skipped; /usr by name only)."""
+    hits: dict[str, list[str]] = {n: [] for n in needles}
+    raw = [(n, n.encode()) for n in needles]
+    if roots is None:
+        roots = ["/" + top for top in os.listdir("/") if top not in ("proc", "sys", "dev")]
+    for base in roots:
+        base = os.path.expanduser(base)
+        contents = base != "/usr"  # /usr: file names only (it is large and comes from the OS)
+        for dirpath, dirs, files in os.walk(base, onerror=lambda e: None):
+            dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in skip]
+            for name in files + dirs:
+                for needle, _ in raw:
+                    if needle in name:
+                        hits[needle].append(os.path.join(dirpath, name))
+            if not contents:
+                continue
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.path.islink(path) or os.path.getsize(path) > 4 << 20:
+                        continue
+                    with open(path, "rb") as fh:
+                        data = fh.read()
+                except OSError:
+                    continue
+                for needle, b in raw:
+                    if b in data:
+                        hits[needle].append(path)
+    return hits
+
+
+def environ_hits(secret: str) -> list[str]:
+    hits = [f"env:{k}" for k, v in os.environ.items() if secret in v or secret in k]
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as fh:
+                    if secret.encode() in fh.read():
+                        hits.append(f"/proc/{pid}/environ")
+            except OSError:
+                continue
+    return hits
+
+
+def tiocsti(fd: int) -> dict[str, str]:
+    return {
+        "plain": outcome(lambda: fcntl.ioctl(fd, termios.TIOCSTI, b"#")),
+        "high_bits": outcome(lambda: fcntl.ioctl(fd, (1 << 32) | termios.TIOCSTI, b"#")),
+        "tioclinux": outcome(lambda: fcntl.ioctl(fd, 0x541C, b"\x06")),
+    }
+
+
+def own_pty() -> dict[str, str]:
+    """TIOCSTI on a terminal the probe opens itself (works under pipes too); TIOCGWINSZ is the control."""
+    try:
+        master, slave = pty.openpty()
+    except OSError as exc:
+        return {"open": errname(exc)}
+    try:
+        result = {"open": "ok", "control": outcome(lambda: fcntl.ioctl(slave, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0)))}
+        result.update(tiocsti(slave))
+        return result
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def connect(addr: str, port: int, timeout: float) -> str:
+    """'ok:<greeting>' once connected (an empty greeting when the server says nothing), else why not."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((addr, port))
+    except TimeoutError:
+        s.close()
+        return "timeout"
+    except OSError as exc:
+        s.close()
+        return errno.errorcode.get(exc.errno, str(exc)) if exc.errno else str(exc)
+    try:
+        s.settimeout(min(timeout, GREETING_WAIT))
+        return "ok:" + s.recv(64).decode(errors="replace").strip()
+    except OSError:
+        return "ok:"
+    finally:
+        s.close()
+
+
+def unix_connect(path: str) -> str:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(path)
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc)) if exc.errno else str(exc)
+    finally:
+        s.close()
+
+
+def write_file(path: str) -> str:
+    def go() -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write("echo pwned\n")
+    return outcome(go)
+
+
+def try_write(path: str) -> str:
+    """Whether `path` could be changed, leaving no trace: an existing file is opened for appending
+    and closed unwritten; in a directory, and in place of a missing path, a file is created and removed."""
+    tag = f"posture-verify-{uuid.uuid4().hex[:8]}"
+    if os.path.isdir(path) and not os.path.islink(path):
+        target, made = os.path.join(path, tag), True
+    elif os.path.lexists(path):
+        target, made = path, False
+    else:
+        target, made = path, True
+    flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT | os.O_EXCL if made else 0)
+    try:
+        fd = os.open(target, flags, 0o600)
+    except OSError as exc:
+        return errname(exc)
+    os.close(fd)
+    if made:
+        try:
+            os.unlink(target)
+        except OSError:
+            pass
+    return "ok"
+
+
+def network(cfg: dict) -> dict[str, str]:
+    net: dict[str, str] = {}
+    threads = []
+    port = cfg.get("port", 0)
+    targets = [(a, port) for a in cfg.get("blocked", []) + cfg.get("public", [])]
+    targets += [(a, int(p)) for a, p in cfg.get("blocked_ports", []) + cfg.get("targets", [])]
+
+    def go(addr: str, port: int) -> None:
+        net[f"{addr}:{port}"] = connect(addr, port, cfg.get("timeout", 3))
+    for addr, port in dict.fromkeys(targets):
+        t = threading.Thread(target=go, args=(addr, port))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    return net
+
+
+def kernel_checks(r: dict) -> None:
+    tried = {str(fd): tiocsti(fd) for fd in (0, 1, 2) if os.isatty(fd)}
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR)
+        r["dev_tty"] = "ok"
+        tried["/dev/tty"] = tiocsti(tty)
+        os.close(tty)
+    except OSError as exc:
+        r["dev_tty"] = errname(exc)
+    r["tiocsti"] = tried
+    r["tiocsti_own_pty"] = own_pty()
+    r["userns"] = {
+        "unshare": outcome(lambda: _check(libc.unshare(CLONE_NEWUSER))),
+        "unshare_raw": syscall("unshare", CLONE_NEWUSER),
+        "clone3": syscall("clone3", 0, 0),
+        "unshare_cmd": subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode,
+    }
+    r["keyctl"] = syscall("keyctl", 0, -3, 0)  # KEYCTL_GET_KEYRING_ID, session keyring
+    r["add_key"] = syscall("add_key", b"user", b"posture-probe", b"x", 1, -3)
+    r["ptrace"] = syscall("ptrace", 16, 1, 0, 0)  # PTRACE_ATTACH to pid 1
+    r["process_vm_readv"] = syscall("process_vm_readv", 1, 0, 0, 0, 0, 0)
+    r["fsopen"] = syscall("fsopen", b"tmpfs", 0)
+    r["open_tree"] = syscall("open_tree", -100, b"/", 1)
+    r["mount_setattr"] = syscall("mount_setattr", -100, b"/", 0, 0, 0)
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    home, project = os.path.expanduser(cfg["home"]), cfg["project"]
+    gentle = bool(cfg.get("gentle"))
+    r: dict[str, object] = {}
+    r["uid"] = os.getuid()
+    r["creds"] = {p: outcome(lambda p=p: os.stat(os.path.expanduser(p))) for p in cfg.get("creds", [])}
+    r["env_hits"] = environ_hits(cfg["secret"]) if cfg.get("secret") else []
+    r["fds"] = sorted(int(f) for f in os.listdir("/proc/self/fd") if int(f) > 2 and os.path.exists(f"/proc/self/fd/{f}") and os.readlink(f"/proc/self/fd/{f}") != f"/proc/{os.getpid()}/fd")
+    r["fd_targets"] = {f: os.readlink(f"/proc/self/fd/{f}") for f in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{f}")}
+    r["isatty"] = [os.isatty(0), os.isatty(1), os.isatty(2)]
+    r["dev_pts"] = sorted(os.listdir("/dev/pts")) if os.path.isdir("/dev/pts") else []
+    if cfg.get("kernel", True):
+        kernel_checks(r)
+    r["unix"] = {p: unix_connect(p) for p in cfg.get("unix", [])}
+    r["abstract"] = {n: unix_connect("\0" + n) for n in cfg.get("abstract", [])}
+    protected = cfg.get("protected", [])
+    if gentle:
+        r["protected_writes"] = {rel: try_write(os.path.join(project, rel)) for rel in protected}
+        marker = cfg.get("project_marker")
+        if marker:  # the caller checks it arrived on the host, and removes it
+            r["project_write"] = outcome(lambda: open(os.path.join(project, marker), "w").write("made inside\n"))
+    else:
+        r["bashrc"] = write_file(os.path.join(home, ".bashrc"))
+        r["protected_writes"] = {rel: write_file(os.path.join(project, rel)) for rel in protected}
+        r["project_write"] = outcome(lambda: open(os.path.join(project, "from-sandbox.txt"), "w").write("made inside\n"))
+        r["git_commit"] = subprocess.run(
+            ["sh", "-c", "git add from-sandbox.txt && git commit -qm 'from the sandbox' && git log --oneline -1"],
+            cwd=project, capture_output=True, text=True,
+        ).returncode
+    r["net"] = network(cfg)
+    needles = [n for n in [cfg.get("canary"), *cfg.get("canaries", [])] if n]
+    found = find_canaries(needles, cfg.get("scan_roots"), [os.path.abspath(os.path.expanduser(p)) for p in cfg.get("scan_skip", [])])
+    r["canary_hits"] = found.get(cfg["canary"], []) if cfg.get("canary") else []
+    r["canaries_found"] = found
+    projects = os.path.join(home, ".claude", "projects")
+    r["agent_state"] = sorted(os.listdir(projects)) if os.path.isdir(projects) else None
+    print("PROBE-RESULT:" + json.dumps(r), flush=True)
+
+
+def _check(rc: int) -> None:
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+if __name__ == "__main__":
+    main()
