@@ -121,7 +121,11 @@ def _config(l2: L2, text: str) -> None:
 
 def _posture(l2: L2, *args: str) -> subprocess.CompletedProcess[str]:
     """The real console script as the ordinary user, in GW, with the test's /etc/hosts."""
-    env = " ".join(_quote(f"{k}={v}") for k, v in l2.env().items())
+    return _posture_env(l2, {}, *args)
+
+
+def _posture_env(l2: L2, extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = " ".join(_quote(f"{k}={v}") for k, v in l2.env(**extra).items())
     inner = (f"mount --bind {_quote(l2.hosts_file)} /etc/hosts && exec runuser -u {USER} -- env -i {env} "  # type: ignore[attr-defined]
              + " ".join(_quote(a) for a in (POSTURE, *args)))
     argv = ["nsenter", f"--net={l2.net.gw_path}", "unshare", "--mount", "--propagation", "private", "sh", "-c", inner]
@@ -243,3 +247,20 @@ def test_repo_file_only_tightens(netenv: L2) -> None:
     assert r["via:public.test"].startswith("HTTP/1.1 403") and "network mode none" in r["via:public.test"], r
     r, res = _probe(l2, tight, "--network", "public")  # the user's flag cannot undo what the repo tightened
     _closed(r)
+
+
+def test_one_gateway_brokers_the_credential_and_proxies(netenv: L2) -> None:
+    """With a credential to broker, the session's one gateway process (`python -m posture.gateway`) is also its proxy."""
+    l2 = netenv
+    _config(l2, '[network]\nmode = "allowlist"\nallow = ["public.test"]\n')
+    project = l2.make_project(f"nm-{uuid.uuid4().hex[:6]}")
+    res = _posture_env(l2, {"ANTHROPIC_API_KEY": "sk-ant-api03-" + "x" * 40}, "exec", str(project), "--level", "l2",
+                       "--profile", "claude-code", "--", "python3", "-c", PROBE)
+    line = next((x for x in res.stdout.splitlines() if x.startswith("NET-RESULT:")), None)
+    assert line is not None, res.stderr[-3000:]
+    r = json.loads(line.split(":", 1)[1])
+    _closed(r)
+    assert r["via:public.test"].startswith("HTTP/1.1 200") and r["via:other.test"].startswith("HTTP/1.1 403"), r
+    record = json.loads((l2.home / ".local" / "state" / "posture" / "sessions" / f"{r['session']}.json").read_text())
+    assert record["data"].get("gateway_pid") and not record["data"].get("egress_pid"), record["data"]
+    assert {(e["dest"], e["decision"]) for e in _log(l2, r["session"])} >= {("public.test", "allowed"), ("other.test", "refused")}
