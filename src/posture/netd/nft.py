@@ -282,16 +282,18 @@ def drop_counts(table: str, comment: str, ranges: tuple[str, ...]) -> dict[str, 
     return {ranges[i]: n for i, n in _counters(table, comment).items() if n and i < len(ranges)}
 
 
-def remove_session_rules(table: str, comment: str) -> None:
-    """Delete the `sessions` rules carrying `comment`."""
+def remove_session_rules(table: str, comment: str | list[str]) -> None:
+    """Delete the `sessions` rules (and drop counters) carrying `comment` (or any of a list: one listing, one commit)."""
+    comments = [comment] if isinstance(comment, str) else comment
     try:
         out = run(f"list chain inet {table} sessions", handles=True)
     except NftError:
         return
-    handles = [m.group(1) for m in re.finditer(r'comment "' + re.escape(comment) + r'(?: drop [^"]*)?" # handle (\d+)', out)]
+    alternatives = "|".join(re.escape(c) for c in comments)
+    handles = [m.group(1) for m in re.finditer(r'comment "(?:' + alternatives + r')(?: drop [^"]*)?" # handle (\d+)', out)]
     lines = [f"delete rule inet {table} sessions handle {h}\n" for h in handles]
     try:
-        lines += [f"delete counter inet {table} {comment}_d{i}\n" for i in _counters(table, comment)]
+        lines += [f"delete counter inet {table} {c}_d{i}\n" for c in comments for i in _counters(table, c)]
     except NftError:
         pass
     if lines:
