@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import requests, slirp, target
+from . import requests, sessionrules, slirp, target
+from .nft import remove_session_rules as nft_remove
 from .client import DEFAULT_SOCKET, PROTOCOL, NetdError, request  # noqa: F401
 from .limits import WORKERS, Limits, message
 from .loop import Answer, Server
@@ -99,8 +100,7 @@ class Daemon:
         self.sessions: dict[str, Attached] = {}
         self.lock = threading.Lock()
         self.nft_lock = threading.Lock()
-        self.unrule: list[str] = []  # sessions whose rules are queued for removal (_unrule_later)
-        self.unruling = False
+        self.unruler = sessionrules.Unruler(lambda keys: self._own_change(lambda: nft_remove(self.table, keys)), self.nft_lock, _log)
         self.verified: tuple[int, int] | None = None  # (ruleset generation, cgroup id) of the last passed check
         self.netns = os.stat("/proc/self/ns/net").st_ino
         self.stopping = False
@@ -163,29 +163,8 @@ class Daemon:
         return verdict.ok, verdict.detail, current
 
     def _unrule_later(self, key: str) -> None:
-        """Queue a session's rules for removal: one thread removes every queued session's with one listing
-        (listing the chain walks the cgroup tree), off the path of the cleanups."""
-        with self.lock:
-            self.unrule.append(key)
-            if self.unruling:
-                return
-            self.unruling = True
-        threading.Thread(target=self._unrule, daemon=True).start()
-
-    def _unrule(self) -> None:
-        from . import nft
-
-        while True:
-            with self.lock:
-                keys, self.unrule = self.unrule, []
-                if not keys:
-                    self.unruling = False
-                    return
-            try:
-                with self.nft_lock:
-                    self._own_change(lambda: nft.remove_session_rules(self.table, keys))
-            except nft.NftError as exc:
-                _log(f"could not remove the rules of {len(keys)} session(s): {exc}")
+        """Queue a session's rules for removal (sessionrules.Unruler: one listing for every ended session)."""
+        self.unruler.add(key)
 
     def _own_change(self, change: Any) -> None:
         """Run one of the helper's own `sessions`-chain transactions (nft_lock held) so that it does not void
@@ -245,7 +224,7 @@ class Daemon:
             mine = sum(1 for a in self.sessions.values() if a.uid == uid)
             # a namespace's inode number is reused once it is freed: a session whose sandbox has exited (its
             # cleanup still pending) does not hold it (without slirp4netns a namespace is freed at once)
-            if self.stopping or key in self.sessions or any(a.netns == netns and not _exited(a.pidfd) for a in self.sessions.values()):
+            if self.stopping or key in self.sessions or any(a.netns == netns and not sessionrules.exited(a.pidfd) for a in self.sessions.values()):
                 os.close(pidfd)
                 raise NetdError("busy", f"session {sid} (or the network namespace of {pid}) already has a network")
             if mine >= self.limits.max_sessions_per_uid:
@@ -502,18 +481,6 @@ class Daemon:
         if pidfile:
             Path(pidfile).unlink(missing_ok=True)
         _log("stopped")
-
-
-def _exited(pidfd: int) -> bool:
-    """True when the process behind `pidfd` has exited (a pidfd polls readable then)."""
-    import select
-
-    poller = select.poll()
-    try:
-        poller.register(pidfd, select.POLLIN)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return True
 
 
 def _raise_nofile(limits: Limits) -> None:
