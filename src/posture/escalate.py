@@ -175,9 +175,10 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
             runner.down(previous.id)  # half-started by an interrupted run: clean it up, start afresh
         except PostureError:
             pass
-    req = runner.Request(path=Path(record.project), level=target, profile=record.profile, on_trigger=record.on_trigger)
+    req = runner.Request(path=Path(record.project), level=target, profile=record.profile, on_trigger=record.on_trigger,
+                         network=record.network)
     p = runner.plan(req)
-    session = runner.open_session(p, parent=record.id)
+    session = runner.open_session(p, parent=record.id, network=record.network)
     child = session.record
     child.start_from = esc.get("checkpoint")
     # a backend may start the agent as part of start(), on the connection it already holds (L4 does)

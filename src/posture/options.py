@@ -28,10 +28,11 @@ LEVEL = Option("--level", "level", LEVEL_HELP, "auto")
 PROFILE = Option("--profile", "profile", "Agent profile: claude-code (default), codex, shell, or your own.")
 INTENT = Option("--intent", "intent", "Declare what the task will do: push.")
 UNTRUSTED_INPUT = Option("--untrusted-input", "untrusted_input", "The task reads content from strangers.", False, value=False)
+NETWORK = Option("--network", "network", "public (default: the config's [network] mode), allowlist or none; a repo file may only tighten it.")
 SESSION_EXEC = Option("--session", "session", "Run in this running session instead of a new one.")
 ON_TRIGGER = Option("--on-trigger", "on_trigger", "What a live trigger does in this session: escalate, deny or log (default: [escalation] on_trigger, else deny).")
 
-EXEC = (LEVEL, PROFILE, INTENT, UNTRUSTED_INPUT, SESSION_EXEC, ON_TRIGGER)
+EXEC = (LEVEL, PROFILE, INTENT, UNTRUSTED_INPUT, NETWORK, SESSION_EXEC, ON_TRIGGER)
 
 SESSION_ESCALATE = Option("--session", "session", "Session id (default: the only running one).")
 TO = Option("--to", "to", "l3 or l4 (default: what the rules now give, at least one rung up).")

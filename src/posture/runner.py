@@ -52,6 +52,7 @@ class Request:
     profile: str | None = None
     intent_push: bool = False
     untrusted_input: bool = False
+    network: str | None = None  # --network: the user's own choice of mode for this session
     on_trigger: str | None = None
 
 
@@ -73,6 +74,24 @@ def parse_level(level: str) -> str | None:
     if not levels.is_level(level):
         raise UsageError(f"--level {level!r} is not a level", fix=f"use auto or one of {', '.join(levels.LEVELS)}")
     return level
+
+
+def parse_network(mode: str | None) -> str | None:
+    """--network: None (the config decides) or a mode; anything else is a usage error."""
+    from .netpolicy import MODES
+
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"--network {mode!r} is not a network mode", fix=f"use one of {', '.join(MODES)}")
+    return mode
+
+
+def _check_network(p: Plan, flag: str | None) -> None:
+    """A level that cannot enforce the session's network mode refuses to start (fail closed)."""
+    from .netpolicy import effective_mode
+
+    mode = effective_mode(p.settings.user_network_mode, p.settings.repo_network_mode, flag)
+    if mode != "public" and p.decision.level == "l3":
+        raise Unavailable(f"network mode {mode} is not enforced at L3 yet", fix="use --level l2, or --network public")
 
 
 def plan(req: Request) -> Plan:
@@ -109,7 +128,9 @@ def plan(req: Request) -> Plan:
             f"{decision.level} is needed ({decision.why()}) but {name} cannot run here: {decision.backend_reason}",
             fix=decision.backend_fix or f"configure a {decision.level} backend (see `posture doctor`)",
         )
-    return Plan(project, settings, decision, profile, req.on_trigger)
+    p = Plan(project, settings, decision, profile, req.on_trigger)
+    _check_network(p, req.network)
+    return p
 
 
 def announce(p: Plan, always: bool) -> None:
@@ -123,7 +144,7 @@ def _settings_for(record: SessionRecord) -> Settings:
     return load_settings(Path(record.project))
 
 
-def open_session(p: Plan, parent: str | None = None) -> Session:
+def open_session(p: Plan, parent: str | None = None, network: str | None = None) -> Session:
     """Create the session record and the backend's Session for a plan."""
     backend = plugins.backend_named(p.decision.backend or "")
     record = SessionRecord(
@@ -133,6 +154,7 @@ def open_session(p: Plan, parent: str | None = None) -> Session:
         backend=backend.name,
         profile=p.profile.name,
         parent=parent,
+        network=network,
         on_trigger=p.on_trigger,
     )
     SessionStore().save(record)
@@ -142,7 +164,7 @@ def open_session(p: Plan, parent: str | None = None) -> Session:
 def start_spec(record: SessionRecord, settings: Settings, profile: profiles.Profile, live: LiveTriggers | None = None) -> StartSpec:
     """What `record`'s session starts from: its view (armed for live triggers), and the checkpoint and
     agent an escalation asked for."""
-    view = build_view(Path(record.project), profile, settings, record.id, record.level)
+    view = build_view(Path(record.project), profile, settings, record.id, record.level, network=record.network)
     if live is not None:
         live.arm(view)
     return StartSpec(view=view, checkpoint=record.start_from, launch=record.launch)
@@ -214,7 +236,7 @@ def exec_fresh(req: Request, argv: list[str]) -> int:
     """`posture exec [PATH] -- CMD`: run CMD in a new session, stream it, tear down, return its code."""
     p = plan(req)
     announce(p, always=bool(p.decision.override))
-    session = open_session(p)
+    session = open_session(p, network=req.network)
     live = LiveTriggers(session.record, p.settings, p.profile, kept=False)
     try:
         spec = start_spec(session.record, p.settings, p.profile, live)
@@ -237,6 +259,7 @@ def exec_command(
     session: str | None,
     argv: list[str],
     on_trigger: str | None = None,
+    network: str | None = None,
 ) -> int:
     """`posture exec`, shared by the CLI and its fast path: validate, then run fresh or in a session."""
     if not argv:
@@ -244,10 +267,12 @@ def exec_command(
     if intent not in (None, "push"):
         raise UsageError(f"--intent {intent!r} is not known", fix="use --intent push")
     if session:
-        if path is not None or level != "auto" or profile or intent or untrusted_input or on_trigger:
-            raise UsageError("--session cannot be combined with PATH, --level, --profile, --intent, --untrusted-input or --on-trigger", fix="drop them, or drop --session")
+        if path is not None or level != "auto" or profile or intent or untrusted_input or on_trigger or network:
+            raise UsageError("--session cannot be combined with PATH, --level, --profile, --intent, --untrusted-input, --on-trigger or --network",
+                             fix="drop them, or drop --session")
         return exec_in(session, argv)
-    req = Request(path=path, level=level, profile=profile, intent_push=intent == "push", untrusted_input=untrusted_input, on_trigger=on_trigger)
+    req = Request(path=path, level=level, profile=profile, intent_push=intent == "push", untrusted_input=untrusted_input, on_trigger=on_trigger,
+                  network=parse_network(network))
     return exec_fresh(req, argv)
 
 
@@ -350,7 +375,7 @@ def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecor
 
         v = build_view(p.project, p.profile, p.settings, "check", p.decision.level)
         toolchains.require(command[0], v.toolchains, v.system_ro, p.settings.mounts_ro)
-    session = open_session(p)
+    session = open_session(p, network=req.network)
     record = session.record
     spawn_keeper(record)
     record = SessionStore().get(record.id)

@@ -43,6 +43,7 @@ class SessionRecord:
     start_from: str | None = None  # the checkpoint ref the session starts from (an escalation's)
     launch: list[str] | None = None  # the agent command its start launches (an escalation's resume)
     agent_argv: list[str] | None = None  # the agent command that runs in it
+    network: str | None = None  # --network, the user's own choice of mode for this session (None: the config's)
     on_trigger: str | None = None  # what a live trigger does in this session (--on-trigger), else the config's
     data: dict[str, Any] = field(default_factory=dict)  # the escalation's progress, and the backend's own facts
 

@@ -80,6 +80,20 @@ class View:
         return [*self.system_ro, self.project, *(b.source for b in self.binds)]
 
 
+def proxy_env() -> dict[str, str]:
+    """The proxy variables of a session whose only way out is the gateway (its forwarder on the sandbox's own loopback)."""
+    from .gateway import INSIDE_PORT
+
+    url = f"http://127.0.0.1:{INSIDE_PORT}"
+    no_proxy = "localhost,127.0.0.1,::1"
+    return {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url, "NO_PROXY": no_proxy, "no_proxy": no_proxy}
+
+
+def api_hosts(profile: Profile) -> list[str]:
+    """The profile's API hosts (its credentials' hosts: reachable through the gateway in every mode)."""
+    return list(profile.credential_hosts)
+
+
 def agent_state_dir(project: Path, profile: Profile) -> Path:
     """Per-project, per-profile agent state on the host, keyed by the git common dir."""
     return paths.state_dir() / "projects" / gitutil.project_key(project) / profile.name
@@ -123,8 +137,10 @@ def build_view(
     session: str,
     level: str,
     host_env: dict[str, str] | None = None,
+    network: str | None = None,
 ) -> View:
-    """Describe what the agent of `session` sees: the allowlist, the env, the network policy."""
+    """Describe what the agent of `session` sees: the allowlist, the env, the network policy
+    (`network`: the session's --network, else the config's mode; a repo file only tightens it)."""
     project = project.resolve()
     home = str(paths.home_dir())
     uid, gid = os.getuid(), os.getgid()
@@ -181,6 +197,9 @@ def build_view(
         "POSTURE_SESSION": session,
         **brokered.env,
     }
+    mode = netpolicy.effective_mode(settings.user_network_mode, settings.repo_network_mode, network)
+    if mode != "public":
+        fixed.update(proxy_env())
     env = envpolicy.build_env(
         source_env,
         allow=[*profile.env_pass, *profile.env_secrets, *settings.env_pass],
@@ -201,7 +220,7 @@ def build_view(
         protected=protected,
         denied=denied,
         env=env,
-        network=netpolicy.policy_for(settings.network_block),
+        network=netpolicy.policy_for(settings.network_block, mode, settings.network_allow, api_hosts(profile)),
         cwd=str(project),
         state_dir=str(agent_state_dir(project, profile)),
         gateway=brokered,

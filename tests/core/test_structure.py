@@ -36,7 +36,7 @@ def test_fast_path_and_typer_share_one_declaration(command: str, declared: tuple
 
 def test_fast_path_parses_what_typer_accepts() -> None:
     parsed = entry.parse_exec(["--level", "l2", "--profile=shell", "--untrusted-input", "proj", "--", "make", "-j2"])
-    assert parsed == {"level": "l2", "profile": "shell", "intent": None, "untrusted_input": True, "session": None, "on_trigger": None,
+    assert parsed == {"level": "l2", "profile": "shell", "intent": None, "untrusted_input": True, "network": None, "session": None, "on_trigger": None,
                       "path": Path("proj"), "argv": ["make", "-j2"]}
     assert entry.parse_exec(["--bogus", "--", "x"]) is None  # unusual: typer answers it
     assert entry.parse_escalate(["--to", "l4", "--reason", "r"]) == {"session": None, "to": "l4", "reason": "r"}

@@ -12,6 +12,7 @@ import typer
 from .. import __version__, report
 from ..errors import EX_USAGE
 from . import host, policy, sessions, verify  # noqa: F401 - they register their commands on the app
+from . import log  # noqa: F401 - `posture log`
 from .app import PASSTHROUGH, app
 
 # typer vendors its own click in recent releases: find its exception classes through typer's public ones.

@@ -57,6 +57,21 @@ def _render_decision(d, env_report: dict[str, Any] | None, tools: dict[str, Any]
     out(f"backend: {d.backend or 'none'} ({state})")
 
 
+def _render_network(net: dict[str, Any]) -> None:
+    out(f"network: {net['mode']} (chosen by {net['chosen_by']})")
+    if net["mode"] == "allowlist":
+        out(f"  allow: {', '.join(net['allow']) or '(nothing listed)'}")
+    if net["mode"] != "public":
+        out(f"  api hosts (through the gateway): {', '.join(net['api_hosts']) or '(none)'}")
+        out("  no direct connection and no DNS leaves the session; everything goes through the gateway's proxy")
+    for item in net["repo_asked"]:
+        out(f"  repo applied: {item}")
+    for item in net["repo_ignored"]:
+        out(f"  repo IGNORED: {item['key']}: {item['why']}")
+    if net["note"]:
+        out(f"  NOTE: {net['note']}")
+
+
 @app.command()
 def explain(
     path: Optional[Path] = PathArg,
@@ -64,9 +79,10 @@ def explain(
     intent: Optional[str] = typer.Option(None, "--intent", help="Declare what the task will do: push."),
     untrusted_input: bool = typer.Option(False, "--untrusted-input", help="The task reads content from strangers."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Agent profile whose environment to show."),
+    network: Optional[str] = typer.Option(None, "--network", help="The network mode you would pass to up/exec."),
 ) -> int:
     """Show the level posture would pick, every rule's evidence, and what the repo file asked for, without starting anything."""
-    from .. import envpolicy, gitutil, profiles
+    from .. import envpolicy, gitutil, netpolicy, profiles, runner, view
     from ..plugins import load_settings
     from ..policy.decide import decide
 
@@ -77,6 +93,7 @@ def explain(
     d = decide(project, settings, intent_push=req.intent_push, untrusted_input=req.untrusted_input)
     env = envpolicy.build_env(dict(os.environ), [*prof.env_pass, *prof.env_secrets, *settings.env_pass], settings.env_drop, {})
     env_report = {"profile": prof.name, "passed": env.masked(), "refused": env.refused}
+    net = netpolicy.report(settings, runner.parse_network(network), view.api_hosts(prof), d.level)
     from .. import paths
     from ..gateway import broker
     from ..triggers import arm
@@ -85,10 +102,11 @@ def explain(
     creds = broker.survey(prof, dict(os.environ), paths.home_dir())
     tools = _toolchains(settings)
     if as_json:
-        emit_json({**d.to_json(), "env": env_report, "toolchains": tools, "triggers": live, "credentials": creds})
+        emit_json({**d.to_json(), "env": env_report, "toolchains": tools, "triggers": live, "credentials": creds, "network": net})
     else:
         _render_decision(d, env_report, tools, live)
         out(f"credentials: {broker.describe(creds)}")
+        _render_network(net)
     return 0
 
 

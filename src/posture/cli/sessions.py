@@ -19,6 +19,7 @@ def up(
     profile: Optional[str] = option(options.PROFILE),
     intent: Optional[str] = option(options.INTENT),
     untrusted_input: bool = option(options.UNTRUSTED_INPUT),
+    network: Optional[str] = option(options.NETWORK),
     on_trigger: Optional[str] = option(options.ON_TRIGGER),
     detach: bool = typer.Option(False, "--detach", help="Leave the agent running; come back with `posture attach`."),
 ) -> int:
@@ -27,6 +28,7 @@ def up(
 
     retention.maybe_prune()
     req = request(path, level, profile, intent, untrusted_input)
+    req.network = runner.parse_network(network)
     req.on_trigger = on_trigger
     record, code = runner.up(req, list(PASSTHROUGH) or None, detach)
     if detach:
@@ -42,13 +44,14 @@ def exec_(
     profile: Optional[str] = option(options.PROFILE),
     intent: Optional[str] = option(options.INTENT),
     untrusted_input: bool = option(options.UNTRUSTED_INPUT),
+    network: Optional[str] = option(options.NETWORK),
     session: Optional[str] = option(options.SESSION_EXEC),
     on_trigger: Optional[str] = option(options.ON_TRIGGER),
 ) -> int:
     """Run -- CMD non-interactively in a fresh session (or --session ID), stream its output, exit with its code."""
     from .. import runner
 
-    return runner.exec_command(path, level, profile, intent, untrusted_input, session, list(PASSTHROUGH), on_trigger)
+    return runner.exec_command(path, level, profile, intent, untrusted_input, session, list(PASSTHROUGH), on_trigger, network=network)
 
 
 @app.command()

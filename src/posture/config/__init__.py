@@ -32,7 +32,7 @@ CORE_USER_SCHEMA: Schema = {
     "env": {"pass": c.ENV_PATTERNS, "drop": c.ENV_LIST},
     "mounts": {"ro": c.HOST_PATHS, "rw": c.HOST_PATHS, "drop": c.HOST_PATHS},
     "deny": {"paths": c.REPO_PATHS},
-    "network": {"block": c.CIDR_LIST},
+    "network": {"block": c.CIDR_LIST, "mode": c.NETWORK_MODE, "allow": c.ALLOW_LIST},
     "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
     "triggers": {"trusted_hosts": c.STR_LIST},
     "sessions": {"retention_days": c.whole(1, 3650)},
@@ -45,7 +45,7 @@ CORE_REPO_SCHEMA: Schema = {
     "env": {"drop": c.ENV_LIST},
     "mounts": {"drop": c.HOST_PATHS},  # toolchain dirs kept out of the view
     "deny": {"paths": c.REPO_PATHS},
-    "network": {"block": c.CIDR_LIST},
+    "network": {"block": c.CIDR_LIST, "mode": c.NETWORK_MODE, "allow": c.ALLOW_LIST},  # mode and allow only tighten
     "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
 }
 
@@ -57,7 +57,6 @@ REPO_IGNORED = {
     "env.pass": "passing environment variables loosens; only the user's config may",
     "mounts.ro": "extra mounts loosen; only the user's config may",
     "mounts.rw": "extra mounts loosen; only the user's config may",
-    "network.allow": "network exceptions loosen; only the user's config may",
     "triggers": "trusting hosts loosens the live triggers; only the user's config may",
     "sessions": "how long posture keeps ended sessions is the user's choice",
 }
@@ -156,6 +155,10 @@ class Settings:
     mounts_drop: list[str] = field(default_factory=list)  # toolchain dirs kept out of the view (user and repo)
     deny_paths: list[str] = field(default_factory=list)
     network_block: list[str] = field(default_factory=list)
+    network_mode: str = "public"  # the effective mode without a --network flag (user's config, tightened by the repo's)
+    user_network_mode: str = "public"
+    repo_network_mode: str | None = None  # what the repo file asked (applies under any --network only where stricter)
+    network_allow: list[str] = field(default_factory=list)  # the user's allowlist, shrunk by the repo's
     on_trigger: str = "deny"  # what a live trigger does: escalate, deny or log
     trusted_hosts: list[str] = field(default_factory=list)  # globs: WebFetch of these fires no trigger
     intent_push: bool = False
@@ -198,6 +201,8 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     s.mounts_drop = list(user.get("mounts", {}).get("drop", []))
     s.deny_paths = list(user.get("deny", {}).get("paths", []))
     s.network_block = list(user.get("network", {}).get("block", []))
+    s.network_mode = s.user_network_mode = user.get("network", {}).get("mode", "public")
+    s.network_allow = list(user.get("network", {}).get("allow", []))
     s.on_trigger = user.get("escalation", {}).get("on_trigger", "deny")
     s.trusted_hosts = list(user.get("triggers", {}).get("trusted_hosts", []))
     s.backend = {name: dict(user.get(name, {})) for name in tables}
@@ -247,7 +252,29 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     if block:
         s.network_block = _union(s.network_block, block)
         asked.append(f"network.block = {block}")
+    _merge_network(s, repo.get("network", {}))
     return s
+
+
+def _merge_network(s: Settings, repo: dict[str, Any]) -> None:
+    """A repo's `[network] mode` applies only toward `none`; its `allow` only shrinks the user's list."""
+    from ..gateway.allowlist import intersect, stricter
+
+    mode = repo.get("mode")
+    if mode is not None:
+        s.repo_network_mode = mode
+        if stricter(mode, s.network_mode) == mode and mode != s.network_mode:
+            s.network_mode = mode
+            s.repo_asked.append(f"network.mode = {mode}")
+        elif mode != s.network_mode:
+            s.repo_ignored.append(("network.mode", f"{mode} is looser than the user's {s.network_mode}; a repo may only move toward none"))
+    if "allow" in repo:
+        kept, ignored = intersect(s.network_allow, repo["allow"])
+        if ignored:
+            s.repo_ignored.append(("network.allow", f"{', '.join(ignored)} not in the user's [network] allow; a repo may only shrink it"))
+        if kept != s.network_allow:
+            s.network_allow = kept
+            s.repo_asked.append(f"network.allow = {kept} (the user's list, shrunk)")
 
 
 def load_settings(project: Path, ext: Extensions, user_config: Path | None = None) -> Settings:

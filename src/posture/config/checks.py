@@ -80,6 +80,13 @@ def cidr(value: Any) -> str:
         raise ValueError(f"expected a CIDR such as 203.0.113.0/24, got {value!r}") from None
 
 
+def egress_entry(value: Any) -> str:
+    """One `[network] allow` entry (name, *.domain, name:port or CIDR), normalised."""
+    from ..gateway.allowlist import parse_entry
+
+    return parse_entry(value).text
+
+
 def host_path(value: Any) -> str:
     text = string(value)
     return str(Path(text).expanduser())
@@ -109,5 +116,7 @@ STR_LIST = list_of(string, "strings")
 ENV_LIST = list_of(env_name, "environment variable names")
 ENV_PATTERNS = list_of(env_pattern, "environment variable names or NAME_* patterns")
 CIDR_LIST = list_of(cidr, "CIDRs")
+ALLOW_LIST = list_of(egress_entry, "host names, *.domains, name:port entries or CIDRs")
+NETWORK_MODE = one_of("public", "allowlist", "none")
 HOST_PATHS = list_of(host_path, "paths")
 REPO_PATHS = list_of(repo_path, "paths inside the project")

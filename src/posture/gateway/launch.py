@@ -52,8 +52,10 @@ def listen(runtime: Path) -> socket.socket:
     return sock
 
 
-def start(brokered: Brokered, runtime: Path, session: str, listener: socket.socket | None = None) -> Running:
-    """Start the gateway process for `brokered` (not waiting for it: connections queue on the socket)."""
+def start(brokered: Brokered, runtime: Path, session: str, listener: socket.socket | None = None,
+          egress: dict[str, Any] | None = None) -> Running:
+    """Start the gateway process for `brokered` (not waiting for it: connections queue on the socket);
+    `egress` (egressdoor.plan) makes it also the session's forward proxy (modes allowlist and none)."""
     from .. import audit
 
     sock = listener or listen(runtime)
@@ -68,7 +70,7 @@ def start(brokered: Brokered, runtime: Path, session: str, listener: socket.sock
         )
     finally:
         log.close()
-    plan = brokered.plan()
+    plan = {**brokered.plan(), "listen_fd": sock.fileno(), **({"egress": egress} if egress else {})}
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(plan).encode() + b"\n")
     proc.stdin.flush()  # stdin stays open: its EOF tells the gateway that this process is gone

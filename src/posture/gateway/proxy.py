@@ -57,6 +57,11 @@ class Gateway:
         self.refreshers = {s["sentinel"]: Refresher(s["oauth"]) for s in self.swaps if s.get("oauth")}
         self.pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.stats = {"requests": 0, "refused": 0, "injected": 0}
+        self.egress: Any = None  # the session's forward proxy (modes allowlist and none): absolute-form and CONNECT requests
+        if plan.get("egress"):
+            from .egress import Egress
+
+            self.egress = Egress.from_plan(plan["egress"])
 
     @property
     def ssl(self) -> ssl.SSLContext | None:
@@ -84,6 +89,8 @@ class Gateway:
             return False
         self.stats["requests"] += 1
         method, target, version = (head.line.split(" ") + ["", ""])[:3]
+        if self.egress is not None and (method == "CONNECT" or not target.startswith("/")):
+            return await self.egress.handle(head.line, head.headers, reader, writer)
         kind, length = http1.body_kind(head, request=True)
         if not target.startswith("/") or not version.startswith("HTTP/1."):
             await http1.discard_body(reader, kind, length)

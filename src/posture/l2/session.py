@@ -49,6 +49,7 @@ class BwrapSession(Session):
         self.settings = settings
         self.proc: Any = None
         self.gateway: Any = None  # posture.gateway.launch.Running, in the process that started the session
+        self.egress: Any = None  # the egress proxy's process (modes allowlist, none), in the process that started it
 
     # -------------------------------------------------------------- helpers
     @property
@@ -128,7 +129,6 @@ class BwrapSession(Session):
             os.umask(old)
         listener.listen(16)
         self.data["socket"] = str(agent_sock)
-
         door = self._gateway_door(view, runtime)
 
         filt_r, filt_w = os.pipe2(os.O_CLOEXEC)
@@ -183,6 +183,7 @@ class BwrapSession(Session):
             answer = netd.request(sock_path, {
                 "op": "attach", "session": self.record.id, "pid": child, "ipv6": ipv6,
                 "block": list(view.network.extra),
+                "network": not view.network.through_gateway,  # False: loopback only, no slirp4netns
             })
         except (OSError, ValueError, netd.NetdError) as exc:
             self._abort(child)
@@ -196,6 +197,10 @@ class BwrapSession(Session):
             ) from None
         self.data["box"] = answer["box"]
         self.data["slirp_pid"] = answer.get("slirp_pid")
+        if view.network.through_gateway and answer.get("slirp_pid"):
+            self._abort(child)
+            raise Unavailable(f"network mode {view.network.mode} cannot be enforced: the network helper attached a network anyway "
+                              "(it predates network modes)", fix="as root run `posture setup` to update and restart the helper")
         self._until_agent_runs(child, runtime)
 
     def _until_agent_runs(self, child: int, runtime: Path) -> None:
@@ -219,19 +224,45 @@ class BwrapSession(Session):
                 pass
             time.sleep(0.001)
 
-    def _gateway_door(self, view: Any, runtime: Path) -> tuple[list[str], list[str]]:
-        """Start the session's gateway (when the profile has credentials here) and return the bwrap
-        arguments binding its socket in, and the agent's forwarder from the sandbox's own loopback to it."""
-        brokered = view.gateway
-        if brokered is None or not brokered.active:
-            return [], []
-        from .. import gateway
-        from ..gateway import launch
 
-        self.gateway = launch.start(brokered, runtime, self.record.id)
-        self.data.update(self.gateway.facts())
-        return (["--ro-bind", self.gateway.socket, gateway.SOCKET_INSIDE],
+    def _gateway_door(self, view: Any, runtime: Path) -> tuple[list[str], list[str]]:
+        """Start the session's one gateway process when the profile has credentials here (the broker) or
+        the session's only way out is the gateway (modes allowlist and none: its egress proxy), and return
+        the bwrap arguments binding its socket in, and the agent's forwarder from the sandbox's own loopback to it."""
+        from .. import gateway
+        from ..gateway import egressdoor, launch
+        from ..session import sessions_dir
+
+        log = sessions_dir() / f"{self.record.id}.egress.jsonl"
+        self.data.update(network_mode=view.network.mode, egress_log=str(log))
+        egress = egressdoor.plan(view.network, self.record.id, view.level, log) if view.network.through_gateway else None
+        brokered = view.gateway
+        if brokered is not None and brokered.active:
+            self.gateway = launch.start(brokered, runtime, self.record.id, egress=egress)
+            self.data.update(self.gateway.facts())
+            path = self.gateway.socket
+        elif egress is not None:  # no credential to broker: the egress proxy alone, started on its first connection
+            self.egress, path = egressdoor.start(runtime, egress)
+            self.data.update(egress_pid=self.egress.pid, egress_socket=path)
+        else:
+            return [], []
+        return (["--ro-bind", path, gateway.SOCKET_INSIDE],
                 ["--forward", f"127.0.0.1:{gateway.INSIDE_PORT}={gateway.SOCKET_INSIDE}"])
+
+    def _report_drops(self) -> None:
+        """Public mode: the kernel's drops of blocked ranges into the egress log, and one line on stderr."""
+        import sys
+
+        from ..gateway import egressdoor
+        from ..netd import client as netd
+
+        try:
+            drops = netd.request(self._netd_socket(), {"op": "drops", "session": self.record.id}, timeout=5).get("drops") or {}
+        except (OSError, ValueError, netd.NetdError):
+            return
+        line = egressdoor.kernel_drops(Path(self.data["egress_log"]), self.record.id, self.record.level, drops)
+        if line:
+            print(line, file=sys.stderr, flush=True)
 
     def _abort(self, child: int | None) -> None:
         """Kill a sandbox whose network could not be attached (its agent never got a command)."""
@@ -278,6 +309,8 @@ class BwrapSession(Session):
 
         from ..netd import client as netd
 
+        if self.data.get("box") and self.data.get("network_mode") == "public" and self.data.get("egress_log"):
+            self._report_drops()  # before the kill: the helper removes the session's counters when its sandbox exits
         box = self._box_dir()
         if box is not None:
             try:
@@ -305,6 +338,12 @@ class BwrapSession(Session):
 
             launch.stop(self.gateway, self.data)
             self.gateway = None
+        if self.egress is not None or self.data.get("egress_pid"):
+            from ..gateway import egressdoor
+
+            egressdoor.stop(self.egress, self.data.get("egress_pid"), self.data.get("egress_socket"))
+            self.egress = None
+            self.data["egress_pid"] = None
         registry = self.data.get("placeholder_registry")
         if registry and self.data.get("placeholders"):
             release_placeholders(registry, self.record.id)

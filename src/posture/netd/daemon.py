@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import requests, slirp, target
+from . import requests, sessionrules, slirp, target
+from .nft import remove_session_rules as nft_remove
 from .client import DEFAULT_SOCKET, PROTOCOL, NetdError, request  # noqa: F401
 from .limits import WORKERS, Limits, message
 from .loop import Answer, Server
@@ -70,6 +71,7 @@ class Attached:
     slirp: subprocess.Popen | None = None
     exit_w: int = -1
     ruled: bool = False
+    counted: tuple[str, ...] = ()  # the ranges whose drops are counted for it (nft.drop_counts)
     watches: list[int] = field(default_factory=list)  # the loop's copies of pidfd and slirp's stderr
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -98,6 +100,7 @@ class Daemon:
         self.sessions: dict[str, Attached] = {}
         self.lock = threading.Lock()
         self.nft_lock = threading.Lock()
+        self.unruler = sessionrules.Unruler(lambda keys: self._own_change(lambda: nft_remove(self.table, keys)), self.nft_lock, _log)
         self.verified: tuple[int, int] | None = None  # (ruleset generation, cgroup id) of the last passed check
         self.netns = os.stat("/proc/self/ns/net").st_ino
         self.stopping = False
@@ -110,6 +113,7 @@ class Daemon:
             "attach": (requests.ATTACH, self.op_attach),
             "release": (requests.RELEASE, self.op_release),
             "vm": (requests.VM, self.op_vm),  # an L3 session's QEMU under the rule: netd/vm.py
+            "drops": (requests.DROPS, self.op_drops),
         }
 
     def _default_base(self) -> str:
@@ -159,6 +163,21 @@ class Daemon:
                 self.verified = (before, current)
         return verdict.ok, verdict.detail, current
 
+    def _unrule_later(self, key: str) -> None:
+        """Queue a session's rules for removal (sessionrules.Unruler: one listing for every ended session)."""
+        self.unruler.add(key)
+
+    def _own_change(self, change: Any) -> None:
+        """Run one of the helper's own `sessions`-chain transactions (nft_lock held) so that it does not void
+        a remembered check: when the generation moved by exactly this one commit, the verified base rules are unchanged."""
+        from . import nft
+
+        before = nft.generation()
+        kept = self.verified is not None and before is not None and self.verified[0] == before
+        change()
+        after = nft.generation()
+        if kept and after is not None and before is not None and after == before + 1 and self.verified is not None:
+            self.verified = (after, self.verified[1])
 
     # -------------------------------------------------------------- requests
     def dispatch(self, uid: int, line: bytes) -> Answer | Callable[[], Answer]:
@@ -210,7 +229,9 @@ class Daemon:
         key = f"u{uid}-{sid}"
         with self.lock:
             mine = sum(1 for a in self.sessions.values() if a.uid == uid)
-            if self.stopping or key in self.sessions or any(a.netns == netns for a in self.sessions.values()):
+            # a namespace's inode number is reused once it is freed: a session whose sandbox has exited (its
+            # cleanup still pending) does not hold it (without slirp4netns a namespace is freed at once)
+            if self.stopping or key in self.sessions or any(a.netns == netns and not sessionrules.exited(a.pidfd) for a in self.sessions.values()):
                 os.close(pidfd)
                 raise NetdError("busy", f"session {sid} (or the network namespace of {pid}) already has a network")
             if mine >= self.limits.max_sessions_per_uid:
@@ -230,6 +251,7 @@ class Daemon:
         ipv6 = self.ipv6 if args["ipv6"] is None else args["ipv6"]
         pidfd, netns = target.check(uid, pid, self.netns)
         att = self._admit(uid, sid, pid, pidfd, netns)
+        network = args["network"] is not False  # False: loopback only (the session's way out is its gateway)
         # The sandbox waits on its block fd until the client hears back, so nothing in it runs
         # before this answer; the rule check runs alongside the set-up and gates the answer.
         verdict: list[tuple[bool, str, int | None]] = []
@@ -260,16 +282,32 @@ class Daemon:
         box_dir = self.cg.path_of(att.box, self.mount)
         try:
             t_cg = time.monotonic()
-            spare = self.spares.take()
-            att.net = spare.cgroup
-            att.slirp = spare.proc
-            if extra:
-                with self.nft_lock:
-                    nft.add_session_rules(self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key)
-                att.ruled = True
-            att.exit_w = slirp.start(spare, pid, ipv6)
+            if network:
+                spare = self.spares.take()
+                att.net = spare.cgroup
+                att.slirp = spare.proc
+                att.ruled, att.counted = True, tuple(dict.fromkeys([*self.blocked, *extra]))
+                ruled: list[BaseException | None] = []
+
+                def add_rules() -> None:  # beside slirp's start: its extra blocks and drop counters hold before the answer
+                    try:
+                        with self.nft_lock:
+                            self._own_change(lambda: nft.add_session_rules(
+                                self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key, count=att.counted))
+                        ruled.append(None)
+                    except BaseException as exc:  # noqa: BLE001 - raised below
+                        ruled.append(exc)
+
+                rules = threading.Thread(target=add_rules, daemon=True)
+                rules.start()
+                try:
+                    att.exit_w = slirp.start(spare, pid, ipv6)
+                finally:
+                    rules.join()
+                if not ruled or ruled[0] is not None:
+                    raise NetdError("failed", f"could not add the session's rules: {ruled[0] if ruled else 'unknown'}")
             t_slirp = time.monotonic()
-            if ipv6:
+            if ipv6 and network:
                 self._configure_ipv6(att)
             mover.join()
             if not moved or moved[0] is not None:
@@ -282,15 +320,18 @@ class Daemon:
             checker.join()
             mover.join()
             self.cleanup(att)
+            if verdict and not verdict[0][0]:  # a missing rule explains the failure best (the counters need the table too)
+                raise NetdError("unverified", f"network policy not in force: {verdict[0][1]}") from None
             if isinstance(exc, NetdError):
                 raise
             raise NetdError("failed", f"could not attach the network: {exc}") from exc
         if self.server is not None:
             server = self.server
             server.call_soon(lambda: self._watch(server, att))
-        _log(f"attached {att.key} pid {pid} slirp {att.slirp.pid} in {1000 * (time.monotonic() - started):.0f} ms"
+        slirp_pid = att.slirp.pid if att.slirp is not None else None
+        _log(f"attached {att.key} pid {pid} slirp {slirp_pid or '-'} in {1000 * (time.monotonic() - started):.0f} ms"
              f" (slirp {1000 * (t_slirp - t_cg):.0f})")
-        return {"ok": True, "box": att.box, "box_dir": str(box_dir), "net": att.net, "slirp_pid": att.slirp.pid}
+        return {"ok": True, "box": att.box, "box_dir": str(box_dir), "net": att.net, "slirp_pid": slirp_pid}
 
     def _configure_ipv6(self, att: Attached) -> None:
         """Configure the v6 address now rather than waiting for slirp's router advertisement."""
@@ -331,6 +372,17 @@ class Daemon:
             _log(f"{att.key}: {why}")
             self.pool.submit(att.uid, lambda: self.cleanup(att))
 
+    def op_drops(self, uid: int, args: dict[str, Any]) -> Answer:
+        """Packets the kernel dropped so far for the caller's session, per blocked range."""
+        from . import nft
+
+        with self.lock:
+            att = self.sessions.get(f"u{uid}-{args['session']}")
+        if att is None or not att.ruled:
+            return {"ok": True, "drops": {}}
+        with self.nft_lock:
+            return {"ok": True, "drops": nft.drop_counts(self.table, att.key, att.counted)}
+
     def op_release(self, uid: int, args: dict[str, Any]) -> Answer:
         """End the session `args["session"]` of `uid` (if it has one)."""
         with self.lock:
@@ -341,7 +393,6 @@ class Daemon:
 
     def cleanup(self, att: Attached) -> None:
         """Stop slirp4netns, kill what is left of the session, remove its cgroups and rules."""
-        from . import nft
 
         with self.lock:
             if att.done.is_set():
@@ -367,8 +418,7 @@ class Daemon:
             except OSError as exc:
                 _log(f"could not remove cgroup {rel}: {exc}")
         if att.ruled:
-            with self.nft_lock:
-                nft.remove_session_rules(self.table, att.key)
+            self._unrule_later(att.key)
         try:
             os.close(att.pidfd)
         except OSError:

@@ -251,11 +251,17 @@ def verify(table: str, current_id: int | None, blocked: list[str]) -> Verdict:
     return Verdict(True, f"rule loaded for cgroup id {current_id}")
 
 
-def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[str], comment: str) -> None:
-    """Extra blocks for one session's slirp4netns cgroup (inserted in the `sessions` chain)."""
+def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[str], comment: str, count: tuple[str, ...] = ()) -> None:
+    """Extra blocks for one session's slirp4netns cgroup (inserted in the `sessions` chain), after a
+    counter per range of `count` (the ranges the table blocks for it: read back by `drop_counts`)."""
     v4, v6 = _split(blocked)
     match = f'socket cgroupv2 level {level} "{cgroup_path}"'
     lines = []
+    for i, net in enumerate(count):  # named counters: listing them does not walk the cgroup tree (listing rules does)
+        family, dns = ("ip6", "@dns6") if ":" in net else ("ip", "@dns4")
+        lines.append(f"add counter inet {table} {comment}_d{i}")
+        lines.append(f'add rule inet {table} sessions {match} {family} daddr {net} {family} daddr != {dns} counter name "{comment}_d{i}" '
+                     f'comment "{comment} drop {net}"')
     if v4:
         lines.append(f'add rule inet {table} sessions {match} ip daddr {{ {_elements(v4)} }} reject comment "{comment}"')
     if v6:
@@ -264,15 +270,34 @@ def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[st
         run("\n".join(lines) + "\n")
 
 
-def remove_session_rules(table: str, comment: str) -> None:
-    """Delete the `sessions` rules carrying `comment`."""
+def _counters(table: str, comment: str) -> dict[int, int]:
+    out = run(f"list counters table inet {table}")
+    found = re.finditer(r"counter " + re.escape(comment) + r"_d(\d+) \{\s*packets (\d+)", out)
+    return {int(m.group(1)): int(m.group(2)) for m in found}
+
+
+def drop_counts(table: str, comment: str, ranges: tuple[str, ...]) -> dict[str, int]:
+    """Packets the kernel dropped per blocked range (`ranges`, as given to add_session_rules' `count`) for
+    the session whose rules carry `comment`."""
+    return {ranges[i]: n for i, n in _counters(table, comment).items() if n and i < len(ranges)}
+
+
+def remove_session_rules(table: str, comment: str | list[str]) -> None:
+    """Delete the `sessions` rules (and drop counters) carrying `comment` (or any of a list: one listing, one commit)."""
+    comments = [comment] if isinstance(comment, str) else comment
     try:
         out = run(f"list chain inet {table} sessions", handles=True)
     except NftError:
         return
-    handles = [m.group(1) for m in re.finditer(r'comment "' + re.escape(comment) + r'" # handle (\d+)', out)]
-    if handles:
-        run("".join(f"delete rule inet {table} sessions handle {h}\n" for h in handles))
+    alternatives = "|".join(re.escape(c) for c in comments)
+    handles = [m.group(1) for m in re.finditer(r'comment "(?:' + alternatives + r')(?: drop [^"]*)?" # handle (\d+)', out)]
+    lines = [f"delete rule inet {table} sessions handle {h}\n" for h in handles]
+    try:
+        lines += [f"delete counter inet {table} {c}_d{i}\n" for c in comments for i in _counters(table, c)]
+    except NftError:
+        pass
+    if lines:
+        run("".join(lines))
 
 
 def resolvers(path: str = "/etc/resolv.conf") -> list[str]:

@@ -145,6 +145,7 @@ ATTACH: Schema = {
     "pid": Field(pid),
     "ipv6": Field(boolean, required=False),
     "block": Field(networks, required=False, default=()),
+    "network": Field(boolean, required=False, default=True),  # false: no slirp4netns (loopback only; the gateway is the way out)
 }
 RELEASE: Schema = {"session": Field(session_id)}
 
@@ -172,3 +173,4 @@ VM: Schema = {
     "uuid": Field(uuid, required=False, default=""),
     "block": Field(networks, required=False, default=[]),
 }
+DROPS: Schema = {"session": Field(session_id)}
