@@ -177,7 +177,7 @@ def test_deny_names_the_rule_the_evidence_and_the_way_on(user, make_repo) -> Non
     assert "posture escalate --session" in verdict.reason and "--to l4" in verdict.reason
     assert m.judge(LS).decision == ALLOW  # deny refuses the call, not the session
     entry = _log(m.record_.id)[-1]
-    assert entry["rule"] == "push_intent" and entry["decision"].startswith("denied") and entry["source"] == "trigger"
+    assert entry["rule"] == "push_intent" and entry["outcome"].startswith("denied") and entry["decision"] == "refused" and entry["source"] == "trigger"
     audit = [json.loads(x) for x in (user.state / "audit.log").read_text().splitlines()]
     assert any(a["event"] == "trigger" and a["data"]["rule"] == "push_intent" for a in audit)
 
@@ -185,7 +185,7 @@ def test_deny_names_the_rule_the_evidence_and_the_way_on(user, make_repo) -> Non
 def test_log_lets_the_call_run(user, make_repo) -> None:
     m = _monitor(user, make_repo(), "log", kept=True)
     assert m.judge(FETCH).decision == ALLOW
-    assert _log(m.record_.id)[-1]["decision"] == "logged"
+    assert _log(m.record_.id)[-1]["outcome"] == "logged" and _log(m.record_.id)[-1]["decision"] == "allowed"
 
 
 def test_escalate_in_an_exec_session_acts_as_deny(user, make_repo) -> None:
@@ -217,7 +217,7 @@ def test_escalate_latches_every_later_call(user, make_repo, monkeypatch: pytest.
 def test_a_trigger_at_the_level_it_asks_for_changes_nothing(user, make_repo) -> None:
     m = _monitor(user, make_repo(), "deny", kept=True, level="l4")
     assert m.judge(PUSH).decision == ALLOW
-    assert "already runs at l4" in _log(m.record_.id)[-1]["decision"]
+    assert "already runs at l4" in _log(m.record_.id)[-1]["outcome"]
 
 
 def test_watcher_fires_on_a_new_mcp_server_and_clears_after_approval(user, make_repo) -> None:

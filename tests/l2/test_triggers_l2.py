@@ -83,7 +83,7 @@ def test_deny_refuses_the_push_before_git_runs(l2: L2, tmp_path: Path) -> None:
     assert "FORGED deny" in forged and "only the agent" in forged, forged
     assert "CONTROL" in control and (project / "control.txt").read_text() == "ok\n"
     log = _egress(l2, project)
-    assert any(e["rule"] == "push_intent" and e["decision"].startswith("denied") for e in log), log
+    assert any(e["rule"] == "push_intent" and e["outcome"].startswith("denied") for e in log), log
     assert any(e["rule"] == "report_channel" and e["decision"] == "refused" for e in log), log
 
 
@@ -98,7 +98,7 @@ def test_log_lets_the_call_run_and_records_it(l2: L2, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (project / "ran.txt").read_text() == "RAN\n"
     log = _egress(l2, project)
-    assert [e["decision"] for e in log if e["rule"] == "push_intent"] == ["logged"], log
+    assert [e["outcome"] for e in log if e["rule"] == "push_intent"] == ["logged"], log
 
 
 def test_untrusted_fetch_fires_and_a_changed_mcp_config_stops_the_agent(l2: L2, tmp_path: Path) -> None:

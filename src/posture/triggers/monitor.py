@@ -108,7 +108,7 @@ class Monitor:
         with self._lock:
             if self.latched and self.on_trigger == "deny":
                 self.latched = None
-                record.append(self.record_.id, {"source": "trigger", "level": self.level, "rule": "watch", "evidence": detail, "decision": "cleared"})
+                record.append(self.record_.id, self.level, "watch", "the project", "allowed", detail, outcome="cleared")
 
     def target(self, fired: list[Fired]) -> str:
         """Where the rules now put the session: never lower than it is."""

@@ -115,5 +115,4 @@ class Watcher:
             except Exception as exc:  # noqa: BLE001 - a failed look is retried at the next one
                 from .record import append
 
-                append(self.monitor.record_.id, {"source": "trigger", "level": self.monitor.level, "rule": "watch",
-                                                 "evidence": f"the watcher failed: {exc}", "decision": "error"})
+                append(self.monitor.record_.id, self.monitor.level, "watch", "the project", "allowed", f"the watcher failed: {exc}", outcome="error")
