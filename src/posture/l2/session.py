@@ -84,8 +84,18 @@ class BwrapSession(Session):
             self._start_once(spec)
         except _SetupRace as first:
             self.stop()
+            self._released()  # the helper must have let go of this session before it is attached again
             print(f"posture: {first}; starting a fresh sandbox", file=sys.stderr, flush=True)
             self._start_once(spec)
+
+    def _released(self) -> None:
+        """Ask the helper to release this session now, and wait for its answer (stop only notifies it)."""
+        from ..netd import client as netd
+
+        try:
+            netd.request(self._netd_socket(), {"op": "release", "session": self.record.id}, timeout=15)
+        except (OSError, ValueError, netd.NetdError):
+            pass
 
     def _start_once(self, spec: StartSpec) -> None:
         import json
