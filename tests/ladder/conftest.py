@@ -23,7 +23,6 @@ sys.path.insert(0, str(TESTS / "l3"))
 
 from l2env import start_netd, stop_netd  # noqa: E402
 from privlibvirtd import private_libvirtd  # noqa: E402
-from l3env import REAL_DATA, _ensure_kernel  # noqa: E402
 from l4.vps import STANDIN_BIN, Vps, l4_config, start_vps, stop_vps, write_scenario  # noqa: E402
 from testnet import TestNet, testnet  # noqa: E402
 
@@ -73,6 +72,18 @@ def _require() -> None:
             raise RuntimeError(f"{tool} is missing: run scripts/install-deps")
 
 
+def _ensure_kernel(ladder: Ladder) -> None:
+    """The guest kernel where every user finds it (/var/lib/posture/l3), fetched once with the real
+    `posture setup --l3-kernel` when it is not there yet (the helper it finds running is the ladder's)."""
+    assert ladder.user is not None
+    code = "from posture.l3 import kernel; kernel.find_kernel({}); kernel.find_busybox()"
+    if subprocess.run([sys.executable, "-c", code], env=ladder.user.env, capture_output=True).returncode == 0:
+        return
+    done = ladder.posture("setup", "--l3-kernel", env={"POSTURE_NETD_SOCKET": ladder.netd_sock}, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"posture setup --l3-kernel failed: {done.stderr.strip()[-600:]}")
+
+
 @pytest.fixture(scope="module")
 def ladder_env() -> Iterator[Ladder]:
     _require()
@@ -115,10 +126,9 @@ def ladder(ladder_env: Ladder, user: User, tmp_path: Path) -> Iterator[Ladder]:
         ])
     )
     user.env["PATH"] = f"{STANDIN_BIN}:{user.env['PATH']}"
-    user.env["XDG_DATA_HOME"] = str(REAL_DATA)  # the guest kernel, fetched once by `posture setup --l3-kernel`
-    _ensure_kernel(user.env)
     user.env["POSTURE_TEST_TAILSCALE_STATE"] = str(tmp_path / "tailscale.json")
     ladder_env.user = user
+    _ensure_kernel(ladder_env)
     ladder_env.tailnet()
     ladder_env.ok("l4", "enroll")
     try:
