@@ -24,7 +24,7 @@ L2_TESTS = Path(__file__).resolve().parent.parent / "l2"
 
 
 def test_home_and_nix_toolchains_run_read_only_in_the_guest(l3: L3) -> None:
-    lay = layouts.build(l3.home, "root", l3.canary, uuid.uuid4().hex[:8], only=("native", "npm", "nvm", "nix"))
+    lay = layouts.build(l3.home, l3.user, l3.canary, uuid.uuid4().hex[:8], only=("native", "npm", "nvm", "nix"))
     try:
         project = l3.make_project("toolchains")
         shutil.copy(L2_TESTS / "tc_inside.py", project / "tc_inside.py")

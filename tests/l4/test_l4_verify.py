@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from posture.verify.promises import LEVEL_PROMISES, PEERS
+from posture.verify.promises import AGENT, LEVEL_PROMISES, PEERS
 from testnet import LAN_HOSTS, PORT, PUBLIC
 
 pytestmark = pytest.mark.l4
@@ -26,7 +26,9 @@ def test_verify_l4_warns_about_a_peer_that_answers(l4, make_repo) -> None:
     by = {row["promise"]: row for row in json.loads(r.stdout)}
     assert list(by) == list(LEVEL_PROMISES["l4"])
     for name in LEVEL_PROMISES["l4"]:
-        if name != PEERS:
+        if name == AGENT and by[name]["held"] is None:
+            assert "names no API credential" in by[name]["evidence"], by[name]  # this user's profile is `shell`
+        elif name != PEERS:
             assert by[name]["held"] is True, by[name]
     peers = by[PEERS]
     assert peers["held"] is None and peers["evidence"].startswith("WARNING") and f"{LAN_HOSTS[0]}:{PORT}" in peers["evidence"], peers
