@@ -40,7 +40,8 @@ def test_home_and_nix_toolchains_run_read_only_in_the_guest(l3: L3) -> None:
         for what, w in r["writes"].items():
             for op in ("new", "append", "chmod"):
                 if op in w:
-                    assert w[op] == "EROFS", (what, op, w)  # guest root: read-only on the host side
+                    # read-only on the host side (EROFS); a system tree's root-owned file refuses the user first (EACCES)
+                    assert w[op] in ("EROFS", "EACCES"), (what, op, w)
         for layout in lay.trees:
             assert r["writes"][layout]["exists"], layout
         for path, fate in r["creds"].items():
