@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from .. import unixsock
 
 SOCKET_NAME = "gateway.sock"
 
@@ -55,17 +56,7 @@ def plan(network: Any, session: str, level: str, log: Path) -> dict[str, Any]:
 def start(runtime: Path, egress: dict[str, Any]) -> tuple[subprocess.Popen, str]:
     """Bind the socket (0600), start the proxy on it; (its process, the socket's path)."""
     path = runtime / SOCKET_NAME
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    sock.listen(128)
+    sock = unixsock.listen(path)
     log = open(runtime / "gateway.log", "ab")
     try:
         proc = subprocess.Popen(["/usr/bin/python3", "-I", "-S", "-c", _WAITER, str(sock.fileno()), sys.executable],

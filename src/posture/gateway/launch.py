@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import unixsock
 from .broker import Brokered
 
 SOCKET_NAME = "gateway.sock"
@@ -37,19 +38,7 @@ class Running:
 
 def listen(runtime: Path) -> socket.socket:
     """Bind the gateway's socket (0600, in the private runtime dir)."""
-    path = runtime / SOCKET_NAME
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    sock.listen(128)
-    return sock
+    return unixsock.listen(runtime / SOCKET_NAME)
 
 
 def start(brokered: Brokered, runtime: Path, session: str, listener: socket.socket | None = None,

@@ -100,10 +100,9 @@ class BwrapSession(Session):
     def _start_once(self, spec: StartSpec) -> None:
         import json
         import select
-        import socket
         import subprocess
 
-        from .. import channel, placeholders
+        from .. import channel, placeholders, unixsock
         from ..netd import client as netd
         from ..l2 import seccomp
         from ..errors import InternalError, Unavailable
@@ -127,17 +126,7 @@ class BwrapSession(Session):
         self.data.update(placeholders=held, placeholder_registry=registry)
 
         agent_sock = runtime / "agent.sock"
-        try:
-            agent_sock.unlink()
-        except FileNotFoundError:
-            pass
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)
-        try:
-            listener.bind(str(agent_sock))
-        finally:
-            os.umask(old)
-        listener.listen(16)
+        listener = unixsock.listen(agent_sock, 16)
         self.data["socket"] = str(agent_sock)
         door = self._gateway_door(view, runtime)
 

@@ -13,12 +13,12 @@ served at once.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import unixsock
 from ..policy.events import DENY, TOOL_CALL, Event, Verdict
 
 REPORT_INSIDE = "/run/posture/report.sock"
@@ -69,15 +69,7 @@ class ReportServer:
 
     def start(self) -> None:
         """Bind the socket (mode 0600 in the private runtime dir) and serve in a thread."""
-        self.path.unlink(missing_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o077)
-        try:
-            sock.bind(str(self.path))
-        finally:
-            os.umask(old)
-        sock.listen(MAX_CLIENTS)
-        self._sock = sock
+        self._sock = unixsock.listen(self.path, MAX_CLIENTS)
         self._thread = threading.Thread(target=self._accept, name="posture-report", daemon=True)
         self._thread.start()
 
