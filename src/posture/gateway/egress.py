@@ -27,7 +27,7 @@ import sys
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from . import sni
+from . import holder, sni
 from .allowlist import CONFIG_KEY, Rules, Verdict
 from .egresslog import EgressLog
 
@@ -293,22 +293,7 @@ async def serve_on(sock: socket.socket, egress: Egress, stop: asyncio.Future | N
 
 
 async def _main_async(plan: dict[str, Any], listen_fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future = loop.create_future()
-
-    def parent_check() -> None:
-        try:
-            data = os.read(0, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data and not done.done():
-            done.set_result(None)
-
-    os.set_blocking(0, False)
-    loop.add_reader(0, parent_check)
-    loop.add_signal_handler(signal.SIGTERM, lambda: None if done.done() else done.set_result(None))
+    done = holder.until_gone(asyncio.get_running_loop())
     sock = socket.socket(fileno=listen_fd)
     await serve_on(sock, Egress.from_plan(plan["egress"]), done)
 

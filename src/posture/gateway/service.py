@@ -19,35 +19,16 @@ import sys
 
 async def _run(plan: dict, listen_fd: int) -> None:
     import asyncio
-    import signal
     import socket
 
+    from . import holder
     from .proxy import Gateway
 
     gateway = Gateway(plan)
     sock = socket.socket(fileno=listen_fd)
     sock.setblocking(False)
     server = await asyncio.start_server(gateway.serve, sock=sock, limit=1 << 20)
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[str] = loop.create_future()
-
-    def parent_check() -> None:
-        try:
-            data = os.read(0, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data and not done.done():
-            done.set_result("parent gone")
-
-    os.set_blocking(0, False)
-    loop.add_reader(0, parent_check)
-    def on_term() -> None:
-        if not done.done():
-            done.set_result("SIGTERM")
-
-    loop.add_signal_handler(signal.SIGTERM, on_term)
+    done = holder.until_gone(asyncio.get_running_loop())
     async with server:
         await done
 
