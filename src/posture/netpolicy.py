@@ -82,7 +82,7 @@ def report(settings: Any, flag: str | None, api_hosts: list[str], level: str) ->
     notes = {
         "l4": "at L4 posture does not own the remote host's firewall: the mode is not enforced there "
               "(the gateway still carries the agent's API over posture's SSH connection)",
-        "l3": "network modes other than public are not enforced at L3 yet: such a session refuses to start",
+        "l3": "at L3 the guest has no network interface in this mode: its one way out is the gateway's door (a virtio-serial port)",
     }
     return {
         "mode": mode,
@@ -92,7 +92,7 @@ def report(settings: Any, flag: str | None, api_hosts: list[str], level: str) ->
         "blocked": policy_for(settings.network_block).all_blocked(),
         "repo_asked": [a for a in settings.repo_asked if a.startswith("network.")],
         "repo_ignored": [{"key": k, "why": w} for k, w in settings.repo_ignored if k.startswith("network.")],
-        "enforced": level == "l2" or mode == "public" and level != "l4",
+        "enforced": level in ("l2", "l3"),
         "note": notes.get(level, "") if (level == "l4" or mode != "public") else "",
     }
 

@@ -85,15 +85,6 @@ def parse_network(mode: str | None) -> str | None:
     return mode
 
 
-def _check_network(p: Plan, flag: str | None) -> None:
-    """A level that cannot enforce the session's network mode refuses to start (fail closed)."""
-    from .netpolicy import effective_mode
-
-    mode = effective_mode(p.settings.user_network_mode, p.settings.repo_network_mode, flag)
-    if mode != "public" and p.decision.level == "l3":
-        raise Unavailable(f"network mode {mode} is not enforced at L3 yet", fix="use --level l2, or --network public")
-
-
 def plan(req: Request) -> Plan:
     """Resolve the project, load config, decide the level, and check its backend can run."""
     project = gitutil.resolve_project(req.path)
@@ -129,7 +120,6 @@ def plan(req: Request) -> Plan:
             fix=decision.backend_fix or f"configure a {decision.level} backend (see `posture doctor`)",
         )
     p = Plan(project, settings, decision, profile, req.on_trigger)
-    _check_network(p, req.network)
     return p
 
 

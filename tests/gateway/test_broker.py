@@ -69,12 +69,18 @@ def test_codex_base_path(tmp_path: Path) -> None:
     assert b.env["OPENAI_API_KEY"].startswith("sk-proj-")
 
 
-def test_no_door_yet_nothing_inside(user, tmp_path: Path) -> None:
-    """L3 has no door to the gateway yet: neither the credential nor a sentinel enters."""
+def test_no_door_nothing_inside(user, tmp_path: Path) -> None:
+    """A level with no door to the gateway (a third-party one): neither the credential nor a sentinel enters."""
     _oauth_file(tmp_path)
-    b = broker.prepare(profiles.load("claude-code"), {"ANTHROPIC_API_KEY": REAL_KEY}, tmp_path, "s-l3", "l3")
+    b = broker.prepare(profiles.load("claude-code"), {"ANTHROPIC_API_KEY": REAL_KEY}, tmp_path, "s-lx", "l9")
     assert not b.active and b.env == {} and b.files == {} and b.paths == {}
-    assert any("no gateway door at l3" in m for m in b.missing)
+    assert any("no gateway door at l9" in m for m in b.missing)
+
+
+def test_every_built_in_level_has_a_door(user, tmp_path: Path) -> None:
+    for level in ("l2", "l3", "l4"):
+        b = broker.prepare(profiles.load("claude-code"), {"ANTHROPIC_API_KEY": REAL_KEY}, tmp_path, f"s-{level}", level)
+        assert b.active and b.env["ANTHROPIC_API_KEY"] != REAL_KEY and not any("no gateway door" in m for m in b.missing), level
 
 
 def test_audit_names_hosts_never_values(user, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from . import INSIDE_PORT, sentinel
 # Outside posture, where the OAuth token is refreshed instead of the agent's own default
 # (an organisation's identity proxy; the tests' stand-in).
 TOKEN_URL_ENV = "POSTURE_OAUTH_TOKEN_URL"
-DOOR_LEVELS = frozenset({"l2", "l4"})  # the levels whose sessions can reach their gateway
+DOOR_LEVELS = frozenset({"l2", "l3", "l4"})  # the levels whose sessions can reach their gateway
 
 
 @dataclass
@@ -143,7 +143,7 @@ def describe(found: dict[str, Any]) -> str:
 
 def prepare(profile: Any, host_env: dict[str, str], home: Path, session: str, level: str) -> Brokered:
     """`substitute`, with the sentinel files written into the session's runtime dir (`paths`). At a
-    level without a door to the gateway yet (L3), nothing is brokered: the credentials stay absent."""
+    level without a door to the gateway (none of the built-in ones), nothing is brokered: the credentials stay absent."""
     if level not in DOOR_LEVELS:
         out = Brokered(base_url_env=profile.base_url_env)
         out.missing = [f"{name} (no gateway door at {level} yet: not shown inside)" for name in substitute(profile, host_env, home).given_names()]

@@ -2,7 +2,7 @@
 
 q35 with direct kernel boot (libvirt 9.0 here has no microvm type), memfd shared memory
 (vhost-user virtio-fs needs it), two virtio-fs shares whose virtiofsd posture starts itself,
-a virtio-serial channel to a unix socket for the exec agent, optional user-mode networking,
+a virtio-serial channel to a unix socket for the exec agent (and one for the gateway's door), optional user-mode networking,
 and nothing else: no disks, no graphics, no USB, no balloon. For an ordinary user the
 domain carries a static DAC label: libvirt runs its QEMU as the user's uid, with libvirt's
 QEMU group as primary group (libvirt's own per-domain directory, /var/lib/libvirt/qemu, is
@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
+from .door import CHANNEL_NAME as DOOR_NAME
 from .virtiofs import CHANNEL_NAME
 
 CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init tsc=reliable no_timer_check noreplace-smp cryptomgr.notests i8042.noaux i8042.nokbd i8042.nopnp"
@@ -39,15 +40,20 @@ class DomainSpec:
     cmdline: str = CMDLINE
     uuid: str = ""
     user: tuple[int, int] | None = None  # (uid, gid) QEMU runs as; None: libvirt's own QEMU user and group
+    door_socket: str = ""  # the gateway door's virtio-serial port (l3/door.py), when the session has a gateway
 
 
 def xml(spec: DomainSpec) -> str:
     """The domain XML for `spec`."""
     a = quoteattr
-    cpu = "<cpu mode='host-passthrough'/>" if spec.accel == "kvm" else ""
+    # TCG: QEMU's `max` model, with every instruction set TCG emulates (AVX2 among them: agents shipped
+    # as native binaries, such as Claude Code's, die of SIGILL on the default qemu64 model)
+    cpu = "<cpu mode='host-passthrough'/>" if spec.accel == "kvm" else "<cpu mode='maximum' check='none'/>"
     net = (
         "<interface type='user'><model type='virtio'/><rom enabled='no'/></interface>" if spec.network else ""
     )
+    door = (f"<channel type='unix'><source mode='bind' path={a(spec.door_socket)}/><target type='virtio' name={a(DOOR_NAME)}/></channel>"
+            if spec.door_socket else "")
     uuid = f"<uuid>{escape(spec.uuid)}</uuid>" if spec.uuid else ""
     label = (f"<seclabel type='static' model='dac' relabel='yes'><label>+{spec.user[0]}:+{spec.user[1]}</label></seclabel>"
              if spec.user is not None else "")
@@ -86,6 +92,7 @@ def xml(spec: DomainSpec) -> str:
       <source mode='bind' path={a(spec.channel_socket)}/>
       <target type='virtio' name={a(CHANNEL_NAME)}/>
     </channel>
+    {door}
     <serial type='file'>
       <source path={a(spec.console_log)}/>
       <target port='0'/>

@@ -51,8 +51,9 @@ class Attachment:
 
 
 def wanted(view: Any) -> bool:
-    """Every L3 session gets the policy's network (public open, internal blocked)."""
-    return True
+    """Network mode public: the guest gets the policy's network (public open, internal blocked). Modes
+    allowlist and none: no network interface at all; the gateway's door (l3/door.py) is the one way out."""
+    return not view.network.through_gateway
 
 
 def _status(settings: Any) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from ..session import Session, SessionRecord, StartSpec, release_placeholders, s
 if TYPE_CHECKING:
     from ..l3.kernel import Kernel
     from ..l3.l3net import Attachment
+    from ..gateway.door import Door
+    from ..l3.door import HostDoor
     from ..l3.mux import Mux
     from ..view import View
 
@@ -50,6 +52,8 @@ virtiofs = lazy("posture.l3.virtiofs")
 guestagent = lazy("posture.l3.guestagent")
 mux = lazy("posture.l3.mux")
 guestuser = lazy("posture.l3.guestuser")
+l3door = lazy("posture.l3.door")
+gwdoor = lazy("posture.gateway.door")
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_MEMORY_MIB = 512
@@ -148,6 +152,8 @@ class LibvirtSession(Session):
         self.mux: Mux | None = None
         self.stage: subprocess.Popen | None = None
         self.net: Attachment | None = None
+        self.door: Door | None = None  # the session's gateway process (credentials, egress proxy)
+        self.host_door: HostDoor | None = None  # the guest's way to it
 
     # ------------------------------------------------------------ paths
     @property
@@ -203,8 +209,9 @@ class LibvirtSession(Session):
         if gid is not None:
             os.chown(run, 0, gid)
             os.chmod(run, 0o750)
-        network = l3net.wanted(self.view)
+        network = l3net.wanted(self.view)  # modes allowlist and none: no network interface at all, the door only
         plan_net = l3net.prepare(self.settings, self.view) if network else None
+        self.door = gwdoor.open_door(self.view, self._runtime(), self.record.id, self.record.data)
         self.record.data.update({
             "uri": uri, "domain": self.name, "accel": acc, "accel_why": why, "exposed": str(run),
             "exec_socket": str(self._runtime() / "exec.sock"), "cwd": self.view.cwd or self.view.project,
@@ -219,8 +226,12 @@ class LibvirtSession(Session):
         agent = guestagent.choose(l3.get("agent", "auto"), cache, virtiofs.GUEST, virtiofs.GUEST_PYTHON, virtiofs.agent_pycs)
         if self.view.uid != 0 and not l3.get("guest_root"):
             agent = guestuser.as_user(agent, self.view.uid, self.view.gid, cache, virtiofs.GUEST)
-        self.record.data.update({"agent": agent.kind, "guest_uid": agent.uid or 0})
-        served = virtiofs.serve(self.view, run, gid, network, agent=agent, stall=stall, user=user)
+        door_lines = None
+        if self.door is not None:
+            agent.files.update(l3door.guest_files(cache, virtiofs.guest_pycs))
+            door_lines = l3door.guest_lines(virtiofs.GUEST, virtiofs.GUEST_PYTHON)
+        self.record.data.update({"agent": agent.kind, "guest_uid": agent.uid or 0, "door": self.door is not None})
+        served = virtiofs.serve(self.view, run, gid, network, agent=agent, stall=stall, user=user, door=door_lines)
         _t("staged")
         self.stage = served.proc
         self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders, "placeholder_registry": served.registry})
@@ -230,6 +241,7 @@ class LibvirtSession(Session):
             root_socket=served.sockets["root"], rw_socket=served.sockets["rw"],
             channel_socket=str(run / "exec.chan"), console_log=str(run / "console.log"), network=network,
             uuid=str(uuidmod.uuid4()), user=None if user is None else (user[0], qemu_gid if qemu_gid is not None else user[1]),
+            door_socket=str(run / "door.chan") if self.door is not None else "",
         )
         libvirt = _libvirt()
         flags = libvirt.VIR_DOMAIN_START_AUTODESTROY
@@ -246,6 +258,9 @@ class LibvirtSession(Session):
             self.record.data["net"] = self.net.describe()
             self.dom.resume()
         _t("running")
+        if self.door is not None:
+            self.host_door = l3door.HostDoor(spec.door_socket, self.door.socket)
+            self.host_door.start()
         self.mux = mux.Mux(spec.channel_socket, self.record.data["exec_socket"])
         self.mux.start()
         timeout = float(l3.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))
@@ -327,6 +342,11 @@ class LibvirtSession(Session):
             self.mux.close()
             self.mux = None
         _t("mux closed")
+        if self.host_door is not None:
+            self.host_door.close()
+            self.host_door = None
+        gwdoor.close_door(self.door, data)
+        self.door = None
         virtiofs.stop(self.stage, None if self.stage else data.get("stage_pid"))
         self.stage = None
         _t("virtiofsd stopped")
