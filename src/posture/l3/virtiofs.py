@@ -171,6 +171,7 @@ def plan(view: View, stage: Path, network: bool, agent: GuestAgent, stall: bool 
         rel = os.path.relpath(hidden, project)
         empty = f"{rw}/empty" if hidden.is_dir() else f"{rw}/empty.file"
         ops.append({"op": "bind", "src": empty, "dst": f"{rw}/project/{rel}", "ro": True})
+    _file_mount_points(view)
     guest_binds: list[tuple[str, str, bool, bool]] = []  # (source in share, target, is_dir, ro)
     for i, b in enumerate(view.binds):
         if not os.path.exists(b.source):
@@ -190,6 +191,21 @@ def plan(view: View, stage: Path, network: bool, agent: GuestAgent, stall: bool 
     ops.append({"op": "write", "path": f"{root}{GUEST}/setup.sh", "data": out.setup_sh, "mode": 0o755})
     ops.append({"op": "remount_ro", "path": root})
     return out
+
+
+def _file_mount_points(view: View) -> None:
+    """A file bound over a path inside a writable directory bind (a sentinel credential file in the agent's
+    state dir) needs its mount point in that directory: made here, on the host, as the user (guest root
+    could not create it through the user's virtiofsd); bwrap makes the same point at L2."""
+    for b in view.binds:
+        if not os.path.isfile(b.source):
+            continue
+        for outer in view.binds:
+            if outer is b or not outer.writable or not os.path.isdir(outer.source) or not _under(b.target, outer.target):
+                continue
+            point = os.path.join(outer.source, os.path.relpath(b.target, outer.target))
+            if not os.path.lexists(point) and os.path.isdir(os.path.dirname(point)):
+                os.close(os.open(point, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
 
 
 def _under(path: str, parent: str) -> bool:
