@@ -19,7 +19,8 @@ from l2env import L2, POSTURE, USER
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
-from standin.scripts import RemoteStandIn, real  # noqa: E402
+from posture.gateway import INSIDE_PORT, SOCKET_INSIDE  # noqa: E402
+from standin.scripts import RemoteStandIn, assess, hostile, oauth_login, real  # noqa: E402
 from testnet import PUBLIC  # noqa: E402
 
 API_PORT = 8443
@@ -54,12 +55,13 @@ def _config(l2: L2, text: str) -> None:
     _own(l2, l2.home / ".config" / "posture" / "config.toml", text, 0o644)
 
 
-def _exec(l2: L2, project: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`posture exec --level l2 --profile claude-code -- sh -c PROBE` as the user, in GW (where the gateway reaches the stand-in)."""
-    env = l2.env(**extra_env)
+def _exec(l2: L2, project: Path, extra_env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
+    """`posture exec --level l2 --profile claude-code -- COMMAND` (default: sh -c PROBE) as the user, in GW
+    (where the gateway reaches the stand-in)."""
+    env = l2.env(CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1", **extra_env)
     argv = ["nsenter", f"--net={l2.net.gw_path}", "runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-            POSTURE, "exec", str(project), "--level", "l2", "--profile", "claude-code", "--", "sh", "-c", PROBE]
-    return subprocess.run(argv, cwd=str(project), capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+            POSTURE, "exec", str(project), "--level", "l2", "--profile", "claude-code", "--", *(command or ("sh", "-c", PROBE))]
+    return subprocess.run(argv, cwd=str(project), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 def _seen(out: str) -> tuple[str, set[str]]:
@@ -117,3 +119,26 @@ def test_a_failing_command_refuses_the_session(creds: L2, tmp_path: Path) -> Non
     assert "INSIDE=" not in proc.stdout  # nothing ran inside
     lines = proc.stderr.strip().splitlines()  # the level's announcement, then the one error line
     assert lines[-1].startswith("posture: credentials.anthropic.command: ") and "fix: " in lines[-1], proc.stderr
+
+
+def test_real_claude_with_its_login_from_a_users_command(creds: L2, tmp_path: Path) -> None:
+    """The real Claude Code CLI, logged in only through `[credentials]` (a command printing the OAuth
+    login JSON, standing for ~/.claude/.credentials.json), against the hostile script: no real token
+    anywhere inside, the stand-in gets the real one on every request."""
+    l2 = creds
+    login = oauth_login()
+    script = l2.home / "vault" / "login"
+    _own(l2, script, f"#!/bin/sh\ncat <<'EOF'\n{json.dumps({'claudeAiOauth': login})}\nEOF\n", 0o700)
+    _config(l2, f'[credentials.claude]\ncommand = ["{script}"]\ninside_file = ".claude/.credentials.json"\n')
+    assert not (l2.home / ".claude" / ".credentials.json").exists()  # no login where the profile would look
+    project = l2.make_project(f"gw-src-{uuid.uuid4().hex[:6]}")
+    api = RemoteStandIn(l2.net.hosts, PUBLIC, API_PORT, hostile(socket_inside=SOCKET_INSIDE), tmp_path / "api")
+    try:
+        proc = _exec(l2, project, {"ANTHROPIC_BASE_URL": api.url}, "claude", "-p", "run the checks", "--dangerously-skip-permissions")
+        requests = api.requests()
+    finally:
+        api.stop()
+    assert proc.returncode == 0, f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-3000:]}"
+    assert "finished the hostile script" in proc.stdout
+    results = assess(requests, None, login, f"http://127.0.0.1:{INSIDE_PORT}", doors=2)
+    assert login["refreshToken"] not in results and login["accessToken"] not in results
