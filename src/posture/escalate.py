@@ -117,7 +117,8 @@ def escalate(session_id: str | None, to: str | None, reason: str) -> SessionReco
             child = _start_child(record, target)
             esc.update(child=child.id, step="launch")
             _save(record)
-            audit.record("escalate.start", session=record.id, child=child.id, level=target, backend=child.backend)
+            audit.record("escalate.start", session=record.id, child=child.id, level=target, backend=child.backend,
+                         credentials=_given(child.id))
         if esc["step"] == "launch":
             _fault("launch")
             child_record = store.get(esc["child"])
@@ -186,6 +187,7 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
     store.save(child)
     esc["child"] = child.id  # known before its keeper starts, so an interrupted run finds it
     _save(record)
+    _carry_sentinels(record.id, child.id)
     try:
         runner.spawn_keeper(child)
     except BaseException:
@@ -195,6 +197,22 @@ def _start_child(record: SessionRecord, target: str) -> SessionRecord:
             pass
         raise
     return store.get(child.id)
+
+
+def _carry_sentinels(lower: str, higher: str) -> None:
+    """The higher session reuses the lower one's sentinels (kept outside, in its runtime dir)."""
+    from .gateway import carry
+    from .session import session_runtime_dir
+
+    carry.hand_over(session_runtime_dir(lower), session_runtime_dir(higher))
+
+
+def _given(session_id: str) -> list[dict]:
+    """Names, hosts and sources of the credentials a started session was given (never values)."""
+    from .gateway import carry
+    from .session import session_runtime_dir
+
+    return carry.given(session_runtime_dir(session_id))
 
 
 def moved_line(child: SessionRecord) -> str:

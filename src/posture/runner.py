@@ -363,7 +363,7 @@ def up(req: Request, argv: list[str] | None, detach: bool) -> tuple[SessionRecor
     if p.decision.level in ("l2", "l3"):  # before anything starts: the agent must be in the view (else 69)
         from . import toolchains
 
-        v = build_view(p.project, p.profile, p.settings, "check", p.decision.level)
+        v = build_view(p.project, p.profile, p.settings, "check", p.decision.level, credentials=False)
         toolchains.require(command[0], v.toolchains, v.system_ro, p.settings.mounts_ro)
     session = open_session(p, network=req.network)
     record = session.record

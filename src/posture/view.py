@@ -138,9 +138,11 @@ def build_view(
     level: str,
     host_env: dict[str, str] | None = None,
     network: str | None = None,
+    credentials: bool = True,
 ) -> View:
     """Describe what the agent of `session` sees: the allowlist, the env, the network policy
-    (`network`: the session's --network, else the config's mode; a repo file only tightens it)."""
+    (`network`: the session's --network, else the config's mode; a repo file only tightens it).
+    `credentials` False: no credential is fetched or brokered (a view only checked, never started)."""
     project = project.resolve()
     home = str(paths.home_dir())
     uid, gid = os.getuid(), os.getgid()
@@ -157,7 +159,8 @@ def build_view(
     from .gateway import broker as gateway_broker
 
     source_env = dict(os.environ if host_env is None else host_env)
-    brokered = gateway_broker.prepare(profile, source_env, Path(home), session, level)  # the agent's credentials: sentinels only
+    brokered = (gateway_broker.prepare(profile, source_env, Path(home), session, level, user=settings.credentials)  # the agent's credentials: sentinels only
+                if credentials else gateway_broker.Brokered(base_url_env=profile.base_url_env))
     for rel, sentinel_file in brokered.paths.items():
         binds.append(Bind(sentinel_file, f"{home}/{rel}", writable=False))
     for path in settings.mounts_ro:

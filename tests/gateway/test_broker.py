@@ -35,7 +35,8 @@ def test_api_key_only(tmp_path: Path) -> None:
     assert b.upstream == "https://api.anthropic.com" and b.files == {}
     assert "$ANTHROPIC_AUTH_TOKEN" in b.missing and "~/.claude/.credentials.json" in b.missing
     assert REAL_KEY not in json.dumps(b.env) and REAL_KEY not in repr(b)
-    assert b.given() == [{"name": "$ANTHROPIC_API_KEY", "hosts": ["api.anthropic.com"], "refresh": False}]
+    assert b.given() == [{"name": "$ANTHROPIC_API_KEY", "hosts": ["api.anthropic.com"], "refresh": False,
+                          "source": "profile default: $ANTHROPIC_API_KEY of your environment"}]
 
 
 def test_oauth_only(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         for backend in plugins.backends_for(level):
             for check in backend.doctor(settings):
                 report.append({"level": level, "backend": backend.name, "check": check.name, "ok": check.ok, "detail": check.detail, "fix": check.fix})
-    report.append(_credentials_row(settings.profile))
+    report.append(_credentials_row(settings.profile, settings.credentials))
     if as_json:
         emit_json(report)
         return 0
@@ -34,8 +34,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     return 0
 
 
-def _credentials_row(profile_name: str) -> dict:
-    """The agent's credentials the default profile would broker through the gateway, and the missing ones."""
+def _credentials_row(profile_name: str, user: dict | None = None) -> dict:
+    """The agent's credentials the default profile would broker through the gateway (and where each
+    comes from: `user` is the config's [credentials.NAME], whose commands doctor runs), and the missing ones."""
     import os
 
     from .. import paths, profiles
@@ -45,9 +46,11 @@ def _credentials_row(profile_name: str) -> dict:
         prof = profiles.load(profile_name)
     except UsageError as exc:
         return {"level": "all", "backend": "gateway", "check": "credentials", "ok": False, "detail": exc.message, "fix": exc.fix}
-    found = broker.survey(prof, dict(os.environ), paths.home_dir())
-    ok = bool(found["brokered"]) or not (prof.credential_env or prof.credential_files)
-    fix = "" if ok else f"log the agent in outside posture (or set {', '.join(prof.credential_env) or 'its API key'})"
+    found = broker.survey(prof, dict(os.environ), paths.home_dir(), user=user, run=True)
+    configured = bool(found["failed"])  # a source the user set up gave nothing
+    ok = not configured and (bool(found["brokered"]) or not (prof.credential_env or prof.credential_files))
+    fix = "" if ok else ("fix the [credentials] source named above in your posture config (a session would refuse to start)" if configured
+                         else f"log the agent in outside posture (or set {', '.join(prof.credential_env) or 'its API key'})")
     return {"level": "all", "backend": "gateway", "check": f"credentials ({prof.name})", "ok": ok, "detail": broker.describe(found),
             "fix": fix, "credentials": found}
 

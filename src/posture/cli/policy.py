@@ -99,7 +99,7 @@ def explain(
     from ..triggers import arm
 
     live = arm.explain(prof, settings.on_trigger, settings.trusted_hosts)
-    creds = broker.survey(prof, dict(os.environ), paths.home_dir())
+    creds = broker.survey(prof, dict(os.environ), paths.home_dir(), user=settings.credentials)  # commands named, not run
     tools = _toolchains(settings)
     if as_json:
         emit_json({**d.to_json(), "env": env_report, "toolchains": tools, "triggers": live, "credentials": creds, "network": net})

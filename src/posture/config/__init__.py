@@ -14,6 +14,7 @@ from typing import Any
 from .. import levels, paths
 from ..errors import ConfigError
 from . import checks as c
+from .credentials import CREDENTIALS
 from .tomlfile import line_of, read_toml
 
 REPO_FILE = ".posture.toml"
@@ -36,6 +37,7 @@ CORE_USER_SCHEMA: Schema = {
     "escalation": {"on_trigger": c.one_of(*ON_TRIGGER)},
     "triggers": {"trusted_hosts": c.STR_LIST},
     "sessions": {"retention_days": c.whole(1, 3650)},
+    "credentials": CREDENTIALS,  # [credentials.NAME]: where the user keeps an agent credential (config/credentials.py)
 }
 
 # What a repo file may say; everything here only tightens.
@@ -59,6 +61,7 @@ REPO_IGNORED = {
     "mounts.rw": "extra mounts loosen; only the user's config may",
     "triggers": "trusting hosts loosens the live triggers; only the user's config may",
     "sessions": "how long posture keeps ended sessions is the user's choice",
+    "credentials": "credentials and the hosts they are for come from the user's config only",
 }
 BACKEND_TABLE_IGNORED = "backend settings come from the user's config only"
 
@@ -101,6 +104,9 @@ def validate(
         if spec is None:
             known = ", ".join(sorted(schema)) or "none"
             raise ConfigError(path, line_of(text, dotted), dotted, f"unknown key (expected one of: {known})")
+        if isinstance(spec, c.Named):
+            clean[key] = _validate_named(value, spec, path, text, dotted)
+            continue
         if isinstance(spec, dict):
             if not isinstance(value, dict):
                 raise ConfigError(path, line_of(text, dotted), dotted, f"expected a table [{dotted}], got {value!r}")
@@ -113,6 +119,26 @@ def validate(
         except ValueError as exc:
             raise ConfigError(path, line_of(text, dotted), dotted, str(exc)) from None
     return clean, skipped
+
+
+def _validate_named(value: Any, spec: c.Named, path: Path, text: str, dotted: str) -> dict[str, Any]:
+    """Check a table of named sub-tables (`[credentials.NAME]`): each against the schema, then whole."""
+    if not isinstance(value, dict):
+        raise ConfigError(path, line_of(text, dotted), dotted, f"expected tables [{dotted}.NAME], got {value!r}")
+    out: dict[str, Any] = {}
+    for name, entry in value.items():
+        where = f"{dotted}.{name}"
+        if not isinstance(entry, dict) or not c.Named.NAME.match(name):
+            raise ConfigError(path, line_of(text, where), where, f"expected a table [{dotted}.NAME] (NAME: letters, digits, - and _), got {entry!r}")
+        sub, _ = validate(entry, spec.schema, path, text, prefix=f"{where}.")
+        if spec.whole is not None:
+            try:
+                sub = spec.whole(sub)
+            except c.KeyedError as exc:
+                key = f"{where}.{exc.key}" if exc.key else where
+                raise ConfigError(path, line_of(text, key) or line_of(text, where), key, str(exc)) from None
+        out[name] = sub
+    return out
 
 
 def load_user_config(ext: Extensions, path: Path | None = None) -> dict[str, Any]:
@@ -165,6 +191,7 @@ class Settings:
     intent_untrusted_input: bool = False
     backend: dict[str, dict[str, Any]] = field(default_factory=dict)  # each backend's own table, by name
     retention_days: int = RETENTION_DAYS  # ended sessions older than this are pruned (`posture gc`)
+    credentials: dict[str, dict[str, Any]] = field(default_factory=dict)  # [credentials.NAME] of the user's config only
     repo_file: str | None = None
     repo_asked: list[str] = field(default_factory=list)
     repo_ignored: list[tuple[str, str]] = field(default_factory=list)
@@ -207,6 +234,7 @@ def merge(user: dict[str, Any], repo: dict[str, Any], repo_ignored: list[tuple[s
     s.trusted_hosts = list(user.get("triggers", {}).get("trusted_hosts", []))
     s.backend = {name: dict(user.get(name, {})) for name in tables}
     s.retention_days = user.get("sessions", {}).get("retention_days", RETENTION_DAYS)
+    s.credentials = dict(user.get("credentials", {}))
     s.repo_file = str(repo_path) if repo_path else None
     s.repo_ignored = list(repo_ignored)
 

@@ -16,6 +16,23 @@ ENV_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 Checker = Callable[[Any], Any]
 
 
+class KeyedError(ValueError):
+    """A value error about one key of a table (`key`), raised by a `Named` table's `whole` check."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class Named:
+    """A table of named sub-tables (`[credentials.NAME]`): each checked against `schema`, then as a
+    whole by `whole` (cross-key rules; it raises KeyedError naming the key)."""
+
+    NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+    def __init__(self, schema: dict[str, Any], whole: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self.schema = schema
+        self.whole = whole
 
 def level(value: Any) -> str:
     if not levels.is_level(value):

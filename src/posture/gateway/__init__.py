@@ -7,6 +7,8 @@ that credential's hosts.
 
   sentinel.py   sentinels shaped like the real thing (API keys, OAuth credential files)
   broker.py     what a profile names, found on this host, turned into env, files and a plan
+  sources.py    the user config's [credentials.NAME]: a file, a variable or a command, fetched outside
+  carry.py      a session's sentinels kept outside (0600), handed to the session an escalation starts
   http1.py      HTTP/1.1 framing read as it streams (heads, content-length and chunked bodies)
   proxy.py      the reverse proxy: check the sentinel, swap it, stream the answer through
   oauth.py      refreshing an OAuth token outside, written back to the user's own file

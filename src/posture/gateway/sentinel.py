@@ -29,11 +29,13 @@ def make(real: str) -> str:
     return prefix + "".join(_ALPHABET[b & 63] for b in os.urandom(length))
 
 
-def json_file(doc: Any) -> tuple[Any, dict[str, str]]:
-    """A copy of a JSON credential document with every secret string replaced by a sentinel and
-    every expiry pushed to the far future; and the map {json path: sentinel} of what was replaced
-    (paths like "claudeAiOauth.accessToken"), so the broker knows which sentinel stands for what."""
+def json_file(doc: Any, keep: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
+    """A copy of a JSON credential document with every secret string replaced by a sentinel (the
+    one `keep` has for its path, else a new one) and every expiry pushed to the far future; and the
+    map {json path: sentinel} of what was replaced (paths like "claudeAiOauth.accessToken"), so the
+    broker knows which sentinel stands for what."""
     swapped: dict[str, str] = {}
+    keep = keep or {}
 
     def walk(node: Any, where: str) -> Any:
         if isinstance(node, dict):
@@ -43,7 +45,7 @@ def json_file(doc: Any) -> tuple[Any, dict[str, str]]:
                 if key in EXPIRY_KEYS and isinstance(value, (int, float)):
                     out[key] = FAR_FUTURE_MS if value > 10**11 else FAR_FUTURE_MS // 1000
                 elif isinstance(value, str) and SECRET_KEYS.search(str(key)) and value:
-                    out[key] = swapped[path] = make(value)
+                    out[key] = swapped[path] = keep.get(path) or make(value)
                 else:
                     out[key] = walk(value, path)
             return out
