@@ -98,6 +98,20 @@ def test_allowlist_mode_at_l3(gw: L3) -> None:
     assert wait_for(lambda: _gateway_processes(l3.uid) == [], 10), "the session's proxy outlived it"
 
 
+def test_public_mode_at_l3_and_kernel_drops_in_the_log(gw: L3) -> None:
+    l3 = gw
+    cfg = l3.config("")
+    project = l3.make_project(f"l3nm-{uuid.uuid4().hex[:6]}")
+    r, res = _probe(l3, project, cfg)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert r["public"] == f"ok:hello from {PUBLIC}", r  # control: the public internet is open
+    assert r["tailnet"].startswith("err:"), r  # refused by the kernel, around QEMU
+    assert r["https_proxy"] is None, r
+    assert "tried to reach blocked ranges" in res.stderr and "100.64.0.0/10" in res.stderr, res.stderr
+    kernel = [e for e in _log(l3, cfg, r["session"]) if e["source"] == "kernel"]
+    assert any(e["rule"] == "100.64.0.0/10" and e["decision"] == "refused" and e["count"] >= 1 and e["level"] == "l3" for e in kernel), kernel
+
+
 def test_none_mode_at_l3_with_the_agents_credential(gw: L3) -> None:
     """Mode none: only the profile's API hosts, through the one gateway process that also brokers the key."""
     l3 = gw

@@ -53,3 +53,21 @@ def close_door(door: Door | None, data: dict[str, Any]) -> None:
     if (door is not None and door.egress is not None) or data.get("egress_pid"):
         egressdoor.stop(door.egress if door is not None else None, data.get("egress_pid"), data.get("egress_socket"))
         data["egress_pid"] = None
+
+
+def report_kernel_drops(netd_socket: str, session: str, level: str, data: dict[str, Any]) -> None:
+    """Public mode: the kernel's drops of blocked ranges so far into the session's egress log, and one
+    line on stderr. Call it before the sandbox or VM goes (the helper drops its counters with it)."""
+    import sys
+
+    from ..netd import client as netd
+
+    if data.get("network_mode") != "public" or not data.get("egress_log"):
+        return
+    try:
+        drops = netd.request(netd_socket, {"op": "drops", "session": session}, timeout=5).get("drops") or {}
+    except (OSError, ValueError, netd.NetdError):
+        return
+    line = egressdoor.kernel_drops(Path(data["egress_log"]), session, level, drops)
+    if line:
+        print(line, file=sys.stderr, flush=True)

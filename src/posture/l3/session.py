@@ -329,6 +329,8 @@ class LibvirtSession(Session):
         _t("stop")
         libvirt = _libvirt()
         data = self.record.data
+        if data.get("net"):
+            gwdoor.report_kernel_drops(data["net"]["socket"], self.record.id, self.record.level, data)
         try:
             dom = self._domain()
             try:

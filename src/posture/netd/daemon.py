@@ -379,7 +379,9 @@ class Daemon:
         with self.lock:
             att = self.sessions.get(f"u{uid}-{args['session']}")
         if att is None or not att.ruled:
-            return {"ok": True, "drops": {}}
+            from . import vm
+
+            return {"ok": True, "drops": vm.drops(self, f"u{uid}-{args['session']}") or {}}  # an L3 session's QEMU, or nothing
         with self.nft_lock:
             return {"ok": True, "drops": nft.drop_counts(self.table, att.key, att.counted)}
 

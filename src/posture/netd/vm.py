@@ -15,7 +15,8 @@ pins it with a pidfd and checks, against that pidfd:
     DAC label, l3/domain.py); root may attach any;
   * it runs in the helper's network namespace (else the rule would not see its sockets).
 
-Then it moves QEMU into `<net>/vm-u<uid>-<sid>`, adds the session's extra blocks, checks
+Then it moves QEMU into `<net>/vm-u<uid>-<sid>`, adds the session's extra blocks and a drop
+counter per blocked range (read back by the `drops` request, like an L2 session's), checks
 the rule against the cgroup ids now (fail closed), and answers. When QEMU exits (or on
 `release` by the same uid) the extra rules and the cgroup go.
 """
@@ -47,6 +48,7 @@ class _Vm:
     pidfd: int
     cgroup: str
     ruled: bool = False
+    counted: tuple[str, ...] = ()  # the ranges whose drops are counted for it (nft.drop_counts)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -70,6 +72,18 @@ def handle(daemon: Any, uid: int, req: dict[str, Any]) -> dict[str, Any]:
             _cleanup(daemon, vm)
         return {"ok": True, "released": vm is not None}
     raise NetdError("failed", f"unknown vm action {action!r}")
+
+
+def drops(daemon: Any, key: str) -> dict[str, int] | None:
+    """The kernel's drops so far for the VM of session `key` ("u<uid>-<sid>"), per blocked range; None: no such VM."""
+    from . import nft
+
+    with _LOCK:
+        vm = _VMS.get(key)
+    if vm is None or not vm.ruled:
+        return None
+    with daemon.nft_lock:
+        return nft.drop_counts(daemon.table, f"vm-{key}", vm.counted)
 
 
 def _argv(pid: int | str) -> list[str]:
@@ -146,10 +160,11 @@ def _attach(daemon: Any, uid: int, sid: str, key: str, req: dict[str, Any]) -> d
         daemon.cg.move(pid, vm.cgroup, daemon.mount)
         if daemon.cg.own(pid) != "/" + vm.cgroup:
             raise NetdError("failed", f"QEMU did not land in cgroup {vm.cgroup} (it is in {daemon.cg.own(pid)})")
-        if extra:
-            with daemon.nft_lock:
-                nft.add_session_rules(daemon.table, daemon.cg.nft_path(vm.cgroup, daemon.mount), daemon.cg.level(vm.cgroup), extra, f"vm-{key}")
-            vm.ruled = True
+        vm.counted = tuple(dict.fromkeys([*daemon.blocked, *extra]))  # every drop counted, for the egress log
+        with daemon.nft_lock:
+            nft.add_session_rules(daemon.table, daemon.cg.nft_path(vm.cgroup, daemon.mount), daemon.cg.level(vm.cgroup), extra,
+                                  f"vm-{key}", count=vm.counted)
+        vm.ruled = True
         ok, detail, _ = daemon.verify()
         if not ok:
             raise NetdError("unverified", f"network policy not in force: {detail}")
