@@ -233,3 +233,32 @@ def test_expect_continue_and_big_body(user, tmp_path: Path) -> None:
             gw.stop()
     assert proc.stdout == "200", proc
     assert len(api.requests[0]["body"]) == 200000 and "expect" not in api.requests[0]["headers"]
+
+
+def test_api_traffic_in_the_egress_log(user, tmp_path: Path) -> None:
+    """Mode none: the one gateway brokers the API and logs each new upstream connection and each refusal."""
+    from posture.gateway import launch
+
+    log = tmp_path / "s.egress.jsonl"
+    egress = {"mode": "none", "allow": [], "api_hosts": HOSTS, "blocked": [], "log": str(log), "session": "0101-test", "level": "l3"}
+    with StandIn() as api:
+        import socket
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        port = sock.getsockname()[1]
+        (tmp_path / "rt").mkdir()
+        running = launch.start(brokered(api.url, [_key_swap()]), tmp_path / "rt", "0101-test", listener=sock, egress=egress)
+        try:
+            from gwenv import Gw
+
+            gw = Gw(running, port)
+            assert _post(gw, {"x-api-key": SENTINEL})[0] == 200
+            assert _post(gw, {})[0] == 403
+        finally:
+            launch.stop(running, running.facts())
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    got = {(e["dest"], e["decision"], e["rule"], e["level"]) for e in lines}
+    assert got == {("127.0.0.1", "allowed", "the agent's API", "l3"), ("127.0.0.1", "refused", "no sentinel", "l3")}, lines
+    assert REAL_KEY not in log.read_text() and SENTINEL not in log.read_text()

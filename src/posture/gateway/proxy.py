@@ -99,6 +99,7 @@ class Gateway:
         used = [s for s in self.swaps if any(s["sentinel"] in v for _, v in head.headers)]
         if not used:
             self.stats["refused"] += 1
+            self._log("refused", "no sentinel", "the request does not carry the session's credential")
             await http1.discard_body(reader, kind, length)
             await self._answer(writer, 403, "posture gateway: this request does not carry the session's credential")
             return "close" not in head.tokens("connection")
@@ -148,6 +149,9 @@ class Gateway:
             except OSError as exc:
                 await self._answer(writer, 502, f"posture gateway: cannot reach {self.netloc}: {exc}")
                 return False
+            if not pooled:
+                peer = uw.get_extra_info("peername")
+                self._log("allowed", "the agent's API", "brokered", peer[0] if peer else None)
             try:
                 uw.write(head.encode() + body)
                 await uw.drain()
@@ -188,6 +192,12 @@ class Gateway:
         else:
             uw.close()
         return keep
+
+    def _log(self, decision: str, rule: str, reason: str, address: str | None = None) -> None:
+        """The agent's API traffic in the session's egress log (each new upstream connection; each refusal)."""
+        log = self.egress.log if self.egress is not None else None
+        if log is not None:
+            log.write(self.host, self.port, address, decision, rule, reason=reason)
 
     async def _answer(self, writer: asyncio.StreamWriter, status: int, message: str) -> None:
         body = json.dumps({"type": "error", "error": {"type": "permission_error" if status == 403 else "api_error", "message": message}}).encode()
