@@ -195,3 +195,17 @@ def test_one_gateway_brokers_the_credential_and_proxies(netenv: L2) -> None:
     record = json.loads((l2.home / ".local" / "state" / "posture" / "sessions" / f"{r['session']}.json").read_text())
     assert record["data"].get("gateway_pid") and not record["data"].get("egress_pid"), record["data"]
     assert {(e["dest"], e["decision"]) for e in _log(l2, r["session"])} >= {("public.test", "allowed"), ("other.test", "refused")}
+
+
+def test_kept_session_drop_summary_at_down(netenv: L2) -> None:
+    """`up --detach`: the keeper ends the session, and `posture down` prints the kernel's drops summary."""
+    l2 = netenv
+    project = l2.make_project(f"nm-{uuid.uuid4().hex[:6]}")
+    up = _posture(l2, "up", str(project), "--level", "l2", "--detach", "--", "sleep", "100000")
+    assert up.returncode == 0, up.stderr
+    sid = up.stdout.strip().splitlines()[-1]
+    tried = _posture(l2, "exec", "--session", sid, "--", "python3", "-c", PROBE)
+    assert tried.returncode == 0 and '"tailnet": "err:' in tried.stdout, tried.stdout[-500:] + tried.stderr
+    down = _posture(l2, "down", "--session", sid)
+    assert down.returncode == 0, down.stderr
+    assert f"session {sid} tried to reach blocked ranges" in down.stderr and "100.64.0.0/10" in down.stderr, down.stderr

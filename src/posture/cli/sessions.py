@@ -124,8 +124,13 @@ def down(
             err(f"posture: stopped {record.id}")
         return 0
     target = session or runner.live_record(None).id
-    runner.down(target)
+    record = runner.down(target)
     err(f"posture: stopped {target}")
+    from ..gateway import egressdoor
+
+    line = egressdoor.summary_from_log(record.data.get("egress_log"), target)
+    if line:
+        err(line)
     return 0
 
 

@@ -105,6 +105,24 @@ def kernel_drops(log: Path, session: str, level: str, drops: dict[str, int]) -> 
             out.write(net, None, None, "refused", net, source="kernel", reason="a blocked range", count=count)
     finally:
         out.close()
+    return _summary(session, drops)
+
+
+def _summary(session: str, drops: dict[str, int]) -> str:
     total = sum(drops.values())
     return (f"posture: session {session} tried to reach blocked ranges {total} time(s) ({', '.join(sorted(drops))}); "
             f"refused by the kernel; see `posture log --session {session}`")
+
+
+def summary_from_log(log: str | Path | None, session: str) -> str:
+    """The one-line summary of the kernel's drops a session's log holds ('' when none): for `posture down`,
+    whose session's holder (the keeper) wrote them where the user does not look."""
+    if not log:
+        return ""
+    from .egresslog import read
+
+    drops: dict[str, int] = {}
+    for entry in read(log):
+        if entry.get("source") == "kernel" and entry.get("session") == session:
+            drops[str(entry.get("dest"))] = drops.get(str(entry.get("dest")), 0) + int(entry.get("count") or 0)
+    return _summary(session, drops) if drops else ""
