@@ -50,6 +50,7 @@ virtiofs = lazy("posture.l3.virtiofs")
 guestagent = lazy("posture.l3.guestagent")
 mux = lazy("posture.l3.mux")
 guestuser = lazy("posture.l3.guestuser")
+pvh = lazy("posture.l3.pvh")
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_MEMORY_MIB = 512
@@ -126,10 +127,10 @@ def _exposed_boot_files(k: Kernel) -> tuple[Path, Path]:
         os.chmod(base, 0o711)
         os.chmod(boot, 0o755)
     st = k.image.stat()
-    image = boot / f"vmlinuz-{k.release}-{st.st_size}-{st.st_mtime_ns}"
+    image = boot / f"kernel-{pvh.VERSION}-{k.release}-{st.st_size}-{st.st_mtime_ns}"
     if not image.exists():
         tmp = image.with_suffix(f".tmp{os.getpid()}")
-        shutil.copyfile(k.image, tmp)
+        pvh.write_boot_image(k.image, tmp)  # the uncompressed PVH vmlinux when there is one (l3/pvh.py)
         tmp.chmod(0o644)
         os.replace(tmp, image)
     initrd = initramfs.cached(boot, k.modules, kernel.find_busybox())
