@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import re
 import selectors
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -37,9 +39,9 @@ MARK = "posture-bench-mark"
 
 
 def until_marker(argv: list[str], marker: str, env: dict[str, str] | None = None, cwd: str | None = None,
-                 timeout: float = 300) -> tuple[float, float]:
+                 timeout: float = 300, show_stderr: bool = False, on_marker=None) -> tuple[float, float]:
     """(seconds until `marker` appears on stdout, seconds until the process exits)."""
-    start = time.perf_counter()
+    start, wall0 = time.perf_counter(), time.time()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
@@ -55,11 +57,41 @@ def until_marker(argv: list[str], marker: str, env: dict[str, str] | None = None
         buf += chunk
         if marker.encode() in buf:
             seen = time.perf_counter() - start
+            if on_marker is not None:
+                on_marker()
     out, err = proc.communicate(timeout=timeout)
     total = time.perf_counter() - start
+    if show_stderr:
+        print(f"  marker at {seen}, exit at {total:.3f}", file=sys.stderr)
+        for line in err.decode(errors="replace").splitlines():  # posture's `[l3 T @EPOCH] what`: EPOCH as seconds since our start
+            m = re.match(r"\[l3 [0-9.]+ @([0-9.]+)\] (.*)", line)
+            print(f"  +{float(m.group(1)) - wall0:6.3f} {m.group(2)}" if m else "  " + line, file=sys.stderr)
     if seen is None:
         raise SystemExit(f"{argv[0]}: no marker ({proc.returncode}): {(buf + out).decode(errors='replace')[-400:]} {err.decode(errors='replace')[-800:]}")
     return seen, total
+
+
+def tail_console(runtime: Path, out: list[str], stop: threading.Event, wall0: float) -> None:
+    """Poll the live VM's console (libvirt takes the file back at destroy) and note when each `posture-t:` line
+    appears, in seconds since `wall0`, next to the guest's own uptime: their difference is when the kernel started."""
+    seen: set[str] = set()
+    while True:
+        done = stop.is_set()
+        for log in runtime.glob("posture/l3/*/console.log"):
+            try:
+                text = log.read_text(errors="replace")
+            except OSError:
+                continue
+            now = time.time() - wall0
+            for line in text.splitlines():
+                line = line.strip()
+                if ("posture-t:" in line or "posture-init" in line or "SeaBIOS" in line or "Booting" in line) and line not in seen:
+                    seen.add(line)
+                    m = re.search(r"posture-t: \S+ ([0-9.]+)", line)
+                    out.append(f"{line}  (host +{now:.3f}{f'; kernel started at +{now - float(m.group(1)):.3f}' if m else ''})")
+        if done:
+            return
+        time.sleep(0.01)
 
 
 def main() -> int:
@@ -67,6 +99,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cpus", type=int, default=0, help="[l3] cpus for posture's VM (default: posture's default)")
     parser.add_argument("--user", default="posture-test", help="who runs posture and the floor (default posture-test; root for root's path)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print posture's host-side timestamps (POSTURE_DEBUG_TIMING) and the guest's posture-t: lines of each run")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/l3_boot.py: run as root")
@@ -121,12 +155,27 @@ def main() -> int:
                         "XDG_DATA_HOME": str(work / "xdg" / "data"), "USER": args.user, "LOGNAME": args.user,
                         "POSTURE_NETD_SOCKET": str(rundir / "netd.sock"),
                     }
+                    runtime = work / "xdg" / "runtime"
+                    if args.timeline:
+                        runtime.mkdir(mode=0o700)
+                        os.chown(runtime, pw.pw_uid, pw.pw_gid)
+                        env.update({"POSTURE_DEBUG_TIMING": "1", "XDG_RUNTIME_DIR": str(runtime)})
                     posture_argv = [*as_user, "env", "-i", *[f"{k}={v}" for k, v in env.items()],
                                     POSTURE, "exec", str(project), "--level", "l3", "--profile", "shell", "--", "echo", MARK]
                     until_marker(posture_argv, MARK, cwd=str(project))  # warm caches (initramfs, agent, libvirt)
                     for _ in range(args.runs):
                         floor.append(until_marker(floor_argv, MARK)[0])
-                        seen, whole = until_marker(posture_argv, MARK, cwd=str(project))
+                        console: list[str] = []
+                        stop_tail = threading.Event()
+                        tail = threading.Thread(target=tail_console, args=(runtime, console, stop_tail, time.time()), daemon=True)
+                        if args.timeline:
+                            tail.start()
+                        seen, whole = until_marker(posture_argv, MARK, cwd=str(project), show_stderr=args.timeline,
+                                                   on_marker=stop_tail.set)
+                        if args.timeline:
+                            tail.join()
+                        for line in console:
+                            print("  guest " + line, file=sys.stderr)
                         first.append(seen)
                         total.append(whole)
             finally:

@@ -95,6 +95,9 @@ def test_allowlist_mode_at_l3(gw: L3) -> None:
     seen = {(e["dest"], e["decision"], e["rule"]) for e in log}
     assert ("public.test", "allowed", "public.test") in seen and ("other.test", "refused", "mode allowlist") in seen, log
     assert all(e["level"] == "l3" and e["session"] == r["session"] for e in log), log
+    record = json.loads((l3.xdg / "state" / "posture" / "sessions" / f"{r['session']}.json").read_text())
+    console = Path(record["data"]["exec_socket"]).parent / "console.log"  # kept for the user after the VM is gone
+    assert "posture-t: door" in console.read_text(), console
     assert wait_for(lambda: _gateway_processes(l3.uid) == [], 10), "the session's proxy outlived it"
 
 

@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 from .door import CHANNEL_NAME as DOOR_NAME
 from .virtiofs import CHANNEL_NAME
 
-CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init tsc=reliable no_timer_check noreplace-smp cryptomgr.notests i8042.noaux i8042.nokbd i8042.nopnp"
+CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init tsc=reliable no_timer_check noreplace-smp cryptomgr.notests i8042.noaux i8042.nokbd i8042.nopnp pcie_ports=compat"
 
 
 @dataclass

@@ -36,16 +36,16 @@ def guest_lines(guest_dir: str, python: str) -> list[str]:
     return [
         "GWDEV=",
         "for p in /sys/class/virtio-ports/*; do",
-        f"  [ \"$(cat $p/name 2>/dev/null)\" = {CHANNEL_NAME} ] && GWDEV=/dev/${{p##*/}}",
+        f"  n=; read -r n < $p/name 2>/dev/null; [ \"$n\" = {CHANNEL_NAME} ] && GWDEV=/dev/${{p##*/}}",
         "done",
         "if [ -n \"$GWDEV\" ]; then",
         f"  {start}",
-        "  for i in $(seq 3000); do [ -e $R" + READY + " ] && break; usleep 10000; done",
+        "  i=0; while [ $i -lt 3000 ] && [ ! -e $R" + READY + " ]; do usleep 10000; i=$((i + 1)); done",
         "  [ -e $R" + READY + " ] || echo \"posture-init: the gateway door did not open\"",
         "else",
         "  echo \"posture-init: no gateway channel\"",
         "fi",
-        'echo "posture-t: door $(cat /proc/uptime)"',
+        'read -r up _ < /proc/uptime; echo "posture-t: door $up"',
     ]
 
 

@@ -1,7 +1,9 @@
 """Build the L3 guest's initramfs in Python: a newc cpio with busybox, a few modules and an init.
 
-The init is generic (one image per kernel, cached): it loads the modules in dependency
-order, mounts the `root` virtio-fs share read-only at /newroot and the `rw` share at
+The init is generic (one image per kernel, cached): it loads the modules with two calls of
+busybox's modprobe (dependencies from a modules.dep written here; one process per group, not
+one per module: every fork costs milliseconds under TCG), without their signatures when the
+kernel does not insist on them (no RSA check per module in an emulated CPU), mounts the `root` virtio-fs share read-only at /newroot and the `rw` share at
 /newroot/.posture-guest/rw, then runs the session's own `/.posture-guest/setup.sh` from the
 share (binds, tmpfs, network) and switches root into the exec agent.
 """
@@ -25,22 +27,22 @@ MODULES: tuple[str, ...] = (
     "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
     "fuse", "virtiofs", "virtio_console", "failover", "net_failover", "virtio_net",
 )
-BUSYBOX_APPLETS = ("sh", "mount", "mkdir", "insmod", "switch_root", "cat", "ip", "ln", "touch", "echo", "sleep", "usleep", "seq", "poweroff", "chroot", "chown")
+ROOT_MODULES = ("virtio_pci", "virtiofs")  # loaded first: the root share is mounted as soon as they are in
+BUSYBOX_APPLETS = ("sh", "mount", "mkdir", "insmod", "modprobe", "switch_root", "cat", "ip", "ln", "touch", "echo", "sleep", "usleep", "seq", "poweroff", "chroot", "chown")
 
 INIT = r"""#!/bin/sh
 export PATH=/bin
 mount -t devtmpfs dev /dev
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-for m in $(cat /modules.order); do
-  insmod /lib/modules/$m.ko || echo "posture-init: insmod $m failed"
-  if [ $m = virtiofs ]; then
-    # the root share first; then warm up python (the agent's interpreter) on another vCPU while the rest loads
-    mount -t virtiofs -o ro root /newroot || { echo "posture-init: cannot mount the root share"; poweroff -f; }
-    read online < /sys/devices/system/cpu/online
-    [ "$online" != 0 ] && [ -x /newroot/.posture-guest/warm ] && chroot /newroot /.posture-guest/warm >/dev/null 2>&1 &
-  fi
-done
+read -r up _ < /proc/uptime; echo "posture-t: init $up"
+modprobe -a @ROOT_MODULES@ || echo "posture-init: modprobe @ROOT_MODULES@ failed"
+mount -t virtiofs -o ro root /newroot || { echo "posture-init: cannot mount the root share"; poweroff -f; }
+# warm up python (the agent's interpreter, if it is the agent) on another vCPU while the rest loads
+read online < /sys/devices/system/cpu/online
+[ "$online" != 0 ] && [ -x /newroot/.posture-guest/warm ] && chroot /newroot /.posture-guest/warm >/dev/null 2>&1 &
+modprobe -a @LATER_MODULES@ || echo "posture-init: modprobe @LATER_MODULES@ failed"
+read -r up _ < /proc/uptime; echo "posture-t: modules $up"
 mount -t virtiofs rw /newroot/.posture-guest/rw || { echo "posture-init: cannot mount the rw share"; poweroff -f; }
 . /newroot/.posture-guest/setup.sh
 echo "posture-init: setup failed"
@@ -51,6 +53,28 @@ TRIVIAL_INIT = r"""#!/bin/sh
 echo posture-probe-ok
 /bin/poweroff -f
 """
+
+
+SIG_MAGIC = b"~Module signature appended~\n"
+
+
+def signatures_optional(modules: Path) -> bool:
+    """True when the kernel's config (boot/config-RELEASE beside the module tree) says it loads unsigned modules."""
+    config = modules.parent.parent.parent / "boot" / f"config-{modules.name}"
+    try:
+        text = config.read_text(errors="replace")
+    except OSError:
+        return False
+    return "CONFIG_MODULE_SIG_FORCE=y" not in text and ("# CONFIG_MODULE_SIG_FORCE is not set" in text or "CONFIG_MODULE_SIG=y" not in text)
+
+
+def strip_signature(blob: bytes) -> bytes:
+    """`blob` without its appended signature (the guest kernel then skips a sha256 and RSA check per module under TCG)."""
+    if not blob.endswith(SIG_MAGIC) or len(blob) < len(SIG_MAGIC) + 12:
+        return blob
+    siglen = int.from_bytes(blob[-len(SIG_MAGIC) - 4:-len(SIG_MAGIC)], "big")
+    end = len(blob) - len(SIG_MAGIC) - 12 - siglen
+    return blob[:end] if end > 0 else blob
 
 
 def _module_index(modules: Path) -> dict[str, Path]:
@@ -113,6 +137,20 @@ def resolve_modules(modules: Path, wanted: tuple[str, ...] = MODULES) -> list[tu
     for name in wanted:
         visit(name, ())
     return order
+
+
+def _closure(name: str, deps: dict[str, list[str]]) -> list[str]:
+    """`name` and everything it needs, dependencies first, `name` last."""
+    out: list[str] = []
+
+    def visit(m: str) -> None:
+        for d in deps.get(m, []):
+            visit(d)
+        if m not in out:
+            out.append(m)
+
+    visit(name)
+    return out
 
 
 class Cpio:
@@ -187,11 +225,20 @@ def build(modules: Path, busybox: Path, init: str = INIT, wanted: tuple[str, ...
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
     for applet in BUSYBOX_APPLETS:
         cpio.symlink(f"bin/{applet}", "busybox")
-    names = []
-    for name, blob in (resolve_modules(modules, wanted) if wanted else []):
-        cpio.file(f"lib/modules/{name}.ko", blob)
-        names.append(name)
-    cpio.file("modules.order", ("\n".join(names) + "\n").encode())
+    unsigned = signatures_optional(modules)
+    resolved = resolve_modules(modules, wanted) if wanted else []
+    names = [name for name, _ in resolved]
+    deps = {name: [d for d in _depends(blob) if d in names] for name, blob in resolved}
+    release = modules.name  # busybox's modprobe looks in /lib/modules/$(uname -r)
+    lines = []
+    for name, blob in resolved:
+        cpio.file(f"lib/modules/{release}/{name}.ko", strip_signature(blob) if unsigned else blob)
+        # modules.dep lists a module's dependencies in reverse load order (as depmod does)
+        lines.append(f"{name}.ko: " + " ".join(f"{d}.ko" for d in reversed(_closure(name, deps)[:-1])))
+    cpio.file(f"lib/modules/{release}/modules.dep", ("\n".join(lines) + "\n").encode())
+    first = [m for m in wanted if m in ROOT_MODULES and m in names]
+    later = [m for m in wanted if m not in ROOT_MODULES and m in names and not any(m in _closure(f, deps) for f in first)]
+    init = init.replace("@ROOT_MODULES@", " ".join(first) or "-q virtiofs").replace("@LATER_MODULES@", " ".join(later) or "-q virtio_net")
     cpio.file("init", init.encode(), 0o755)
     return cpio.finish()
 
@@ -205,6 +252,7 @@ def cache_key(modules: Path, busybox: Path, init: str, wanted: tuple[str, ...]) 
     h.update(init.encode())
     h.update(",".join(wanted).encode())
     h.update(",".join(BUSYBOX_APPLETS).encode())
+    h.update(b"unsigned" if signatures_optional(modules) else b"signed")
     return h.hexdigest()[:16]
 
 

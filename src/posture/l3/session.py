@@ -54,6 +54,7 @@ mux = lazy("posture.l3.mux")
 guestuser = lazy("posture.l3.guestuser")
 l3door = lazy("posture.l3.door")
 gwdoor = lazy("posture.gateway.door")
+pvh = lazy("posture.l3.pvh")
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_MEMORY_MIB = 512
@@ -130,10 +131,10 @@ def _exposed_boot_files(k: Kernel) -> tuple[Path, Path]:
         os.chmod(base, 0o711)
         os.chmod(boot, 0o755)
     st = k.image.stat()
-    image = boot / f"vmlinuz-{k.release}-{st.st_size}-{st.st_mtime_ns}"
+    image = boot / f"kernel-{pvh.VERSION}-{k.release}-{st.st_size}-{st.st_mtime_ns}"
     if not image.exists():
         tmp = image.with_suffix(f".tmp{os.getpid()}")
-        shutil.copyfile(k.image, tmp)
+        pvh.write_boot_image(k.image, tmp)  # the uncompressed PVH vmlinux when there is one (l3/pvh.py)
         tmp.chmod(0o644)
         os.replace(tmp, image)
     initrd = initramfs.cached(boot, k.modules, kernel.find_busybox())
@@ -331,6 +332,11 @@ class LibvirtSession(Session):
         data = self.record.data
         if data.get("net"):
             gwdoor.report_kernel_drops(data["net"]["socket"], self.record.id, self.record.level, data)
+        if data.get("exposed"):
+            try:  # before the destroy: libvirt gives the console file back to root then (an ordinary user could not copy it)
+                shutil.copyfile(Path(data["exposed"]) / "console.log", self._runtime() / "console.log")
+            except OSError:
+                pass
         try:
             dom = self._domain()
             try:
