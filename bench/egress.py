@@ -14,6 +14,7 @@ Targets: download through the gateway >= 0.8x direct; session start in allowlist
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
@@ -116,14 +117,16 @@ def main() -> int:
     cfg.write_text(f'[network]\nallow = ["{PUBLIC}/32"]\n')
     subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(home)], check=True)
     sock = str(rundir / "netd.sock")
-    netd = None
     try:
-        with testnet("pb") as net:
+        with testnet("pb") as net, contextlib.ExitStack() as stack:
             server = subprocess.Popen(["ip", "netns", "exec", net.hosts, sys.executable, "-c", SERVER, PUBLIC, str(args.mb)],
                                       stdout=subprocess.PIPE, text=True)
             net.procs.append(server)
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
             netd = start_netd(net, sock, f"posture-bench-{tag}", f"posture_bench_{tag}")
+            # stopped inside the `with`: leaving it kills what lives in the namespaces (netd too, by SIGKILL), and a
+            # killed helper leaves its cgroups behind, which every later `nft` listing on the machine walks
+            stack.callback(stop_netd, netd)
             run = Runner(net.gw_path, args.user, home, sock)
             from posture.gateway import INSIDE_PORT
 
@@ -158,8 +161,6 @@ def main() -> int:
                     if i >= 2:  # two warm-up rounds
                         starts[mode].append(elapsed)
     finally:
-        if netd is not None:
-            stop_netd(netd)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(rundir, ignore_errors=True)
     med = {m: statistics.median(v) for m, v in rates.items()}
