@@ -87,11 +87,12 @@ def _log(l2: L2, session: str) -> list[dict]:
 
 
 def _proxies_of(uid: int) -> list[int]:
-    """The user's egress proxy processes still running (none may outlive its session)."""
+    """The user's egress proxy processes (and waiters) still running (none may outlive its session)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.stat(f"/proc/{pid}").st_uid == uid and b"posture.gateway.egress" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            waiter = Path(f"/proc/{pid}/comm").read_bytes().strip() == b"posture-egress"  # forked, not yet the proxy
+            if os.stat(f"/proc/{pid}").st_uid == uid and (waiter or b"posture.gateway.egress" in Path(f"/proc/{pid}/cmdline").read_bytes()):
                 found.append(int(pid))
         except OSError:
             continue

@@ -3,15 +3,17 @@
 Same calling convention and socket place as the gateway process (launch.py on the gateway branch):
 a unix socket `gateway.sock` in the session's private runtime dir, bound into the sandbox at
 posture.gateway.SOCKET_INSIDE, reached inside through the exec agent's forwarder on the sandbox's
-own 127.0.0.1; the plan goes as one JSON line on stdin, which stays open (its EOF stops the proxy).
+own 127.0.0.1. The proxy gets its plan as one JSON line (in a memfd, `--plan-fd`) and a stdin that
+stays open (its EOF, when the session's holder goes, stops it).
 When the one gateway process hosts the proxy, `plan()` is its "egress" part and this module goes.
 """
 
 from __future__ import annotations
 
+import _signal  # the builtin (`signal` imports enum)
 import json
 import os
-import subprocess
+import select
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,31 +22,35 @@ from .. import unixsock
 
 SOCKET_NAME = "gateway.sock"
 
-# Started in place of the proxy (`python3 -I -S`: a few ms, where the proxy's asyncio costs tens):
-# reads the plan, then waits until the first connection is queued on the socket (or the parent goes:
-# stdin at EOF) and only then execs the proxy, handing it the plan on a pipe of its own. A session
-# that never goes out never pays for the proxy.
-_WAITER = r"""
-import os, select, sys
-fd = int(sys.argv[1])
-plan = b""
-while not plan.endswith(b"\n"):
-    chunk = os.read(0, 65536)
-    if not chunk:
-        sys.exit(0)
-    plan += chunk
-while True:
-    ready, _, _ = select.select([fd, 0], [], [])
-    if fd in ready:
-        break
-    if not os.read(0, 4096):
-        sys.exit(0)
-r, w = os.pipe()
-os.write(w, plan)
-os.close(w)
-os.set_inheritable(r, True)
-os.execv(sys.argv[2], [sys.argv[2], "-m", "posture.gateway.egress", "--plan-fd", str(r)])
-"""
+MARK = b"posture-egress"  # the waiter's /proc/PID/comm (after its exec the proxy's command line names posture.gateway.egress)
+LISTEN_FD = 3  # the listening socket's fd in the waiter and in the proxy
+
+
+class Waiter:
+    """The forked waiter (then the proxy it became): just what `stop` and the session need of a Popen."""
+
+    def __init__(self, pid: int, stdin: Any) -> None:
+        self.pid, self.stdin = pid, stdin
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """Its exit status once it has exited (reaped), else None."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL it (unless it was reaped already)."""
+        if self.returncode is None:
+            os.kill(self.pid, 9)
+
+    def wait(self) -> int:
+        """Reap it."""
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
 
 
 def plan(network: Any, session: str, level: str, log: Path) -> dict[str, Any]:
@@ -53,25 +59,72 @@ def plan(network: Any, session: str, level: str, log: Path) -> dict[str, Any]:
             "blocked": network.all_blocked(), "log": str(log), "session": session, "level": level}
 
 
-def start(runtime: Path, egress: dict[str, Any]) -> tuple[subprocess.Popen, str]:
-    """Bind the socket (0600), start the proxy on it; (its process, the socket's path)."""
+def start(runtime: Path, egress: dict[str, Any]) -> tuple[Waiter, str]:
+    """Bind the socket (0600) and fork the waiter that starts the proxy on its first connection;
+    (the waiter, the socket's path).
+
+    The waiter is a fork of this process, not a new interpreter (a `python3 -I -S` costs 10-20 ms of
+    CPU that the session's start would share two cores with): it waits in select() until the first
+    connection is queued (or this process goes: its stdin reaches EOF), then execs the proxy with the
+    plan in a memfd. A session that never goes out never pays for the proxy."""
     path = runtime / SOCKET_NAME
     sock = unixsock.listen(path)
-    log = open(runtime / "gateway.log", "ab")
+    plan = json.dumps({"egress": egress, "listen_fd": LISTEN_FD}).encode() + b"\n"
+    tie_r, tie_w = os.pipe2(os.O_CLOEXEC)
+    log = os.open(runtime / "gateway.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        proc = subprocess.Popen(["/usr/bin/python3", "-I", "-S", "-c", _WAITER, str(sock.fileno()), sys.executable],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, pass_fds=(sock.fileno(),),
-                                close_fds=True, start_new_session=True)
+        pid = os.fork()
+        if pid == 0:
+            _waiter(sock.fileno(), tie_r, log, plan)  # never returns
     finally:
-        log.close()
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps({"egress": egress, "listen_fd": sock.fileno()}).encode() + b"\n")
-    proc.stdin.flush()
-    sock.close()
-    return proc, str(path)
+        for fd in (tie_r, log):
+            os.close(fd)
+        sock.close()
+    return Waiter(pid, os.fdopen(tie_w, "wb", buffering=0)), str(path)
 
 
-def stop(proc: subprocess.Popen | None, pid: int | None, path: str | None) -> None:
+def _waiter(listen: int, tie: int, log: int, plan: bytes) -> None:
+    """In the forked child: only os calls (no locks another thread may hold), and never back into the caller."""
+    code = 70
+    try:
+        os.setsid()
+        for sig in range(1, _signal.NSIG):  # none of the parent's Python handlers may run here
+            try:
+                if callable(_signal.getsignal(sig)):
+                    _signal.signal(sig, _signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):  # what Popen restores before an exec
+            _signal.signal(sig, _signal.SIG_DFL)
+        for sig in (_signal.SIGINT, _signal.SIGHUP):  # terminal signals do not stop the gateway
+            _signal.signal(sig, _signal.SIG_IGN)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd, target in ((tie, 0), (null, 1), (log, 2), (listen, LISTEN_FD)):
+            os.dup2(fd, target)
+        os.closerange(LISTEN_FD + 1, 1 << 20)  # nothing else of the parent's (the agent's socket above all)
+        try:
+            with open("/proc/self/comm", "wb", buffering=0) as fh:
+                fh.write(MARK)
+        except OSError:
+            pass
+        while True:
+            ready, _, _ = select.select([LISTEN_FD, 0], [], [])
+            if LISTEN_FD in ready:
+                break
+            if not os.read(0, 4096):
+                code = 0
+                return
+        mem = os.memfd_create("posture-egress-plan", 0)  # no pipe-size limit on the plan; inheritable
+        os.write(mem, plan)
+        os.lseek(mem, 0, os.SEEK_SET)
+        os.execv(sys.executable, [sys.executable, "-m", "posture.gateway.egress", "--plan-fd", str(mem)])
+    except BaseException:  # noqa: BLE001 - the child must not unwind into its parent's code
+        pass
+    finally:
+        os._exit(code)
+
+
+def stop(proc: Waiter | None, pid: int | None, path: str | None) -> None:
     """Stop the proxy (this process's own, or the one a record names if it is still the user's), remove its socket."""
     if proc is not None:
         if proc.poll() is None:
@@ -82,7 +135,8 @@ def stop(proc: subprocess.Popen | None, pid: int | None, path: str | None) -> No
     elif pid:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if any(b"posture.gateway.egress" in a for a in argv) and os.stat(f"/proc/{pid}").st_uid == os.getuid():
+            ours = Path(f"/proc/{pid}/comm").read_bytes().strip() == MARK or any(b"posture.gateway.egress" in a for a in argv)
+            if ours and os.stat(f"/proc/{pid}").st_uid == os.getuid():
                 os.kill(pid, 9)
         except OSError:
             pass
