@@ -9,12 +9,13 @@ carries it over a virtio-serial port, L4 forwards it over posture's SSH connecti
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import egressdoor, launch
+if TYPE_CHECKING:  # imported on use: a session with no gateway (the hot path) never loads them
+    from .egressdoor import Waiter
+    from .launch import Running
 
 
 @dataclass
@@ -22,14 +23,15 @@ class Door:
     """The started process and its socket on the host."""
 
     socket: str
-    gateway: launch.Running | None = None
-    egress: subprocess.Popen | None = None
+    gateway: Running | None = None
+    egress: Waiter | None = None
 
 
 def open_door(view: Any, runtime: Path, session: str, data: dict[str, Any]) -> Door | None:
     """Start the session's gateway when it has something to do (credentials or egress); record its facts in
     `data` (the session record's data, for a `down` from another process); None when there is nothing."""
     from ..session import sessions_dir
+    from . import egressdoor, launch
 
     log = sessions_dir() / f"{session}.egress.jsonl"
     data.update(network_mode=view.network.mode, egress_log=str(log))
@@ -48,6 +50,8 @@ def open_door(view: Any, runtime: Path, session: str, data: dict[str, Any]) -> D
 
 def close_door(door: Door | None, data: dict[str, Any]) -> None:
     """Stop the session's gateway (this process's own, or the one `data` names if it is still the user's)."""
+    from . import egressdoor, launch
+
     if (door is not None and door.gateway is not None) or data.get("gateway_pid"):
         launch.stop(door.gateway if door is not None else None, data)
     if (door is not None and door.egress is not None) or data.get("egress_pid"):
@@ -61,6 +65,7 @@ def report_kernel_drops(netd_socket: str, session: str, level: str, data: dict[s
     import sys
 
     from ..netd import client as netd
+    from . import egressdoor
 
     if data.get("network_mode") != "public" or not data.get("egress_log"):
         return

@@ -48,8 +48,7 @@ class BwrapSession(Session):
         self.view: Any = None
         self.settings = settings
         self.proc: Any = None
-        self.gateway: Any = None  # posture.gateway.launch.Running, in the process that started the session
-        self.egress: Any = None  # the egress proxy's process (modes allowlist, none), in the process that started it
+        self.door: Any = None  # posture.gateway.door.Door: the session's gateway, in the process that started it
 
     # -------------------------------------------------------------- helpers
     @property
@@ -225,43 +224,16 @@ class BwrapSession(Session):
 
 
     def _gateway_door(self, view: Any, runtime: Path) -> tuple[list[str], list[str]]:
-        """Start the session's one gateway process when the profile has credentials here (the broker) or
-        the session's only way out is the gateway (modes allowlist and none: its egress proxy), and return
-        the bwrap arguments binding its socket in, and the agent's forwarder from the sandbox's own loopback to it."""
+        """Start the session's one gateway process (gateway/door.py) and return the bwrap arguments binding
+        its socket in, and the agent's forwarder from the sandbox's own loopback to it."""
         from .. import gateway
-        from ..gateway import egressdoor, launch
-        from ..session import sessions_dir
+        from ..gateway import door
 
-        log = sessions_dir() / f"{self.record.id}.egress.jsonl"
-        self.data.update(network_mode=view.network.mode, egress_log=str(log))
-        egress = egressdoor.plan(view.network, self.record.id, view.level, log) if view.network.through_gateway else None
-        brokered = view.gateway
-        if brokered is not None and brokered.active:
-            self.gateway = launch.start(brokered, runtime, self.record.id, egress=egress)
-            self.data.update(self.gateway.facts())
-            path = self.gateway.socket
-        elif egress is not None:  # no credential to broker: the egress proxy alone, started on its first connection
-            self.egress, path = egressdoor.start(runtime, egress)
-            self.data.update(egress_pid=self.egress.pid, egress_socket=path)
-        else:
+        self.door = door.open_door(view, runtime, self.record.id, self.data)
+        if self.door is None:
             return [], []
-        return (["--ro-bind", path, gateway.SOCKET_INSIDE],
+        return (["--ro-bind", self.door.socket, gateway.SOCKET_INSIDE],
                 ["--forward", f"127.0.0.1:{gateway.INSIDE_PORT}={gateway.SOCKET_INSIDE}"])
-
-    def _report_drops(self) -> None:
-        """Public mode: the kernel's drops of blocked ranges into the egress log, and one line on stderr."""
-        import sys
-
-        from ..gateway import egressdoor
-        from ..netd import client as netd
-
-        try:
-            drops = netd.request(self._netd_socket(), {"op": "drops", "session": self.record.id}, timeout=5).get("drops") or {}
-        except (OSError, ValueError, netd.NetdError):
-            return
-        line = egressdoor.kernel_drops(Path(self.data["egress_log"]), self.record.id, self.record.level, drops)
-        if line:
-            print(line, file=sys.stderr, flush=True)
 
     def _abort(self, child: int | None) -> None:
         """Kill a sandbox whose network could not be attached (its agent never got a command)."""
@@ -309,7 +281,10 @@ class BwrapSession(Session):
         from ..netd import client as netd
 
         if self.data.get("box") and self.data.get("network_mode") == "public" and self.data.get("egress_log"):
-            self._report_drops()  # before the kill: the helper removes the session's counters when its sandbox exits
+            from ..gateway import door
+
+            door.report_kernel_drops(self._netd_socket(), self.record.id, self.record.level, self.data)  # before the kill:
+            # the helper removes the session's counters when its sandbox exits
         box = self._box_dir()
         if box is not None:
             try:
@@ -332,17 +307,11 @@ class BwrapSession(Session):
                 netd.notify(self._netd_socket(), {"op": "release", "session": self.record.id})
             except OSError:
                 pass
-        if self.gateway is not None or self.data.get("gateway_pid"):
-            from ..gateway import launch
+        if self.door is not None or self.data.get("gateway_pid") or self.data.get("egress_pid"):
+            from ..gateway import door
 
-            launch.stop(self.gateway, self.data)
-            self.gateway = None
-        if self.egress is not None or self.data.get("egress_pid"):
-            from ..gateway import egressdoor
-
-            egressdoor.stop(self.egress, self.data.get("egress_pid"), self.data.get("egress_socket"))
-            self.egress = None
-            self.data["egress_pid"] = None
+            door.close_door(self.door, self.data)
+            self.door = None
         registry = self.data.get("placeholder_registry")
         if registry and self.data.get("placeholders"):
             release_placeholders(registry, self.record.id)
