@@ -98,6 +98,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cpus", type=int, default=0, help="[l3] cpus for posture's VM (default: posture's default)")
+    parser.add_argument("--tcg-cpu", choices=("max", "qemu64"), default="max", help="[l3] tcg_cpu for posture's VM (default max, posture's default)")
     parser.add_argument("--user", default="posture-test", help="who runs posture and the floor (default posture-test; root for root's path)")
     parser.add_argument("--timeline", action="store_true",
                         help="print posture's host-side timestamps (POSTURE_DEBUG_TIMING) and the guest's posture-t: lines of each run")
@@ -147,7 +148,7 @@ def main() -> int:
                     cfg = work / "xdg" / "config" / "posture"
                     cfg.mkdir(parents=True)
                     cpus = f"cpus = {args.cpus}\n" if args.cpus else ""
-                    (cfg / "config.toml").write_text(f'[l3]\nuri = "{uri}"\naccel = "{acc}"\n{cpus}')
+                    (cfg / "config.toml").write_text(f'[l3]\nuri = "{uri}"\naccel = "{acc}"\ntcg_cpu = "{args.tcg_cpu}"\n{cpus}')
                     subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(project), str(home), str(work / "xdg")], check=True)
                     env = {
                         "HOME": str(home), "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
@@ -189,7 +190,7 @@ def main() -> int:
             pass
     f, p, t = statistics.median(floor), statistics.median(first), statistics.median(total)
     print(f"accelerator: {acc} ({why})")
-    print(f"as: {args.user}; kernel: {k.image}; posture's VM: {args.cpus or 'default'} vCPUs, the floor's: 1")
+    print(f"as: {args.user}; kernel: {k.image}; posture's VM: {args.cpus or 'default'} vCPUs ({args.tcg_cpu} under TCG), the floor's: 1 (qemu64)")
     print(f"{'':34}{'median':>9}{'min':>9}{'max':>9}   (s, {args.runs} runs)")
     print(f"{'bare qemu -kernel/-initrd (floor)':34}{f:9.2f}{min(floor):9.2f}{max(floor):9.2f}")
     print(f"{'posture exec --level l3 (1st cmd)':34}{p:9.2f}{min(first):9.2f}{max(first):9.2f}")

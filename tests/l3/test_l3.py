@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from l3env import CREDS, GW_LOOPBACK_PORT, L3, probe_report, wait_for
+from l3env import CREDS, GW_LOOPBACK_PORT, L3, POSTURE, probe_report, wait_for
 from testnet import INTERNAL, INTERNAL6, PORT, PUBLIC, PUBLIC6
 
 from posture.verify import PROBE  # the shipped probe: the one `posture verify` runs
@@ -274,3 +274,44 @@ def test_doctor_reports_l3(l3: L3) -> None:
     assert by["l3 /dev/kvm"]["detail"], by["l3 /dev/kvm"]  # said whether KVM is open to the user, with the fix if not
     assert not by["l3 libvirtd"]["ok"] and by["l3 libvirtd"]["fix"], by["l3 libvirtd"]
     assert not by["l3 network"]["ok"] and by["l3 network"]["fix"], by["l3 network"]
+
+
+def test_doctor_says_which_group_is_missing(l3: L3) -> None:
+    """The ordinary user without their supplementary groups (as before logging in again after `adduser`):
+    doctor names the missing group with its fix, and the session refuses with the same fix."""
+    env = [f"{k}={v}" for k, v in l3.env().items()]
+    bare = ["setpriv", f"--reuid={l3.user}", f"--regid={l3.gid}", "--clear-groups", "--", "env", "-i", *env]
+    r = subprocess.run([*bare, POSTURE, "doctor", "--json"], capture_output=True, text=True, timeout=120)
+    by = {row["check"]: row for row in json.loads(r.stdout) if row.get("level") == "l3"}
+    assert not by["l3 libvirt group"]["ok"] and f"adduser {l3.user} libvirt" in by["l3 libvirt group"]["fix"], by["l3 libvirt group"]
+    assert not by["l3 libvirtd"]["ok"] and "libvirt group" in by["l3 libvirtd"]["fix"], by["l3 libvirtd"]
+    project = l3.make_project("nogroup")
+    r = subprocess.run([*bare, POSTURE, "exec", str(project), "--level", "l3", "--", "true"], capture_output=True, text=True, timeout=120, cwd=str(project))
+    assert r.returncode == 69 and "libvirt group" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_setup_remove_keeps_the_kernel_and_purge_deletes_it(l3: L3, tmp_path: Path) -> None:
+    """Root's `posture setup --remove` keeps the fetched kernel (every user's), `--remove --purge` deletes it;
+    then a user's doctor says which step is missing. The kernel is put back afterwards."""
+    from posture.l3 import kernel
+
+    assets = kernel.SYSTEM_ASSETS
+    assert assets.is_dir(), "the L3 suite fetches the kernel first"
+    backup = tmp_path / "assets"
+    subprocess.run(["cp", "-a", str(assets), str(backup)], check=True)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp_path), "POSTURE_NETD_SOCKET": str(tmp_path / "netd.sock"),
+           "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    setup = ["ip", "netns", "exec", l3.net.gw, POSTURE, "setup", "--remove"]  # as root
+    try:
+        kept = subprocess.run(setup, env=env, capture_output=True, text=True, timeout=120)
+        assert kept.returncode == 0, kept.stderr
+        assert "kept the fetched L3 kernel" in kept.stdout + kept.stderr and assets.is_dir()
+        purged = subprocess.run([*setup, "--purge"], env=env, capture_output=True, text=True, timeout=120)
+        assert purged.returncode == 0, purged.stderr
+        assert f"removed {assets}" in purged.stdout + purged.stderr and not assets.exists()
+        r = l3.posture("doctor", "--json")
+        by = {row["check"]: row for row in json.loads(r.stdout) if row.get("level") == "l3"}
+        assert not by["l3 kernel"]["ok"] and "posture setup --l3-kernel" in by["l3 kernel"]["fix"], by["l3 kernel"]
+    finally:
+        if not assets.exists():
+            subprocess.run(["mv", str(backup), str(assets)], check=True)

@@ -20,6 +20,7 @@ TABLE = {
     "accel": c.one_of("auto", "kvm", "tcg"),
     "agent": c.one_of("auto", "native", "python"),
     "boot_timeout": c.whole(5, 3600),
+    "tcg_cpu": c.one_of("max", "qemu64"),  # the emulated CPU under TCG: max (AVX2, what native agents need) or the faster qemu64
     "guest_root": c.boolean,  # the agent's commands run as guest root instead of the user (the host side holds either way)
 }
 

@@ -242,7 +242,7 @@ class LibvirtSession(Session):
             root_socket=served.sockets["root"], rw_socket=served.sockets["rw"],
             channel_socket=str(run / "exec.chan"), console_log=str(run / "console.log"), network=network,
             uuid=str(uuidmod.uuid4()), user=None if user is None else (user[0], qemu_gid if qemu_gid is not None else user[1]),
-            door_socket=str(run / "door.chan") if self.door is not None else "",
+            door_socket=str(run / "door.chan") if self.door is not None else "", tcg_cpu=str(l3.get("tcg_cpu", "max")),
         )
         libvirt = _libvirt()
         flags = libvirt.VIR_DOMAIN_START_AUTODESTROY
