@@ -19,7 +19,6 @@ from typing import Any
 from . import checks as c
 
 SOURCES = ("file", "env", "command")
-COMMAND_TIMEOUT = 10  # seconds, unless the entry says `timeout`
 
 
 def _home_file(value: Any) -> str:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config.credentials import COMMAND_TIMEOUT
 from ..errors import Unavailable
+
+COMMAND_TIMEOUT = 10  # seconds a source command may take, unless its entry says `timeout`
 
 
 class SourceError(Unavailable):
