@@ -110,8 +110,9 @@ class Helper:
         time.sleep(0.5)  # the launcher pool is topped up a moment after each attach
         self.fds0 = self.fds()
 
-    def fds_back(self, slack: int = 2, timeout: float = 5.0) -> bool:
-        """Wait until the helper holds (about) the descriptors it held at the start, nothing of the abuse."""
+    def fds_back(self, slack: int = 2, timeout: float = 20.0) -> bool:
+        """Wait until the helper holds (about) the descriptors it held at the start, nothing of the abuse (its
+        clean-up of dozens of sessions takes seconds on a busy machine; a leak never comes back)."""
         deadline = time.monotonic() + timeout
         while self.fds() > self.fds0 + slack and time.monotonic() < deadline:
             time.sleep(0.05)
