@@ -15,12 +15,11 @@ import os
 import shlex
 import socket
 import threading
-import time
 from pathlib import Path
 
-from ..errors import Unavailable
 from ..gateway import INSIDE_PORT
 from ..guest import tunnel
+from .mux import connect_port
 
 CHANNEL_NAME = "org.posture.gateway"
 READY = "/run/posture-door.ready"
@@ -61,17 +60,7 @@ class HostDoor:
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect to the port's socket (QEMU made it when the domain started) and serve in a daemon thread."""
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                sock.connect(self.channel_socket)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"the VM's gateway channel {self.channel_socket} did not appear", fix="see the session's console.log") from None
-                time.sleep(0.01)
+        sock = connect_port(self.channel_socket, "gateway channel", timeout)
         self.sock = sock
         door = tunnel.Tunnel(sock.fileno(), connect=self.gateway_socket)
         self.thread = threading.Thread(target=door.run, args=(self.stop_r,), name="posture-l3-door", daemon=True)

@@ -21,6 +21,21 @@ from ..errors import Unavailable
 from ..guest import wire
 
 
+def connect_port(path: str, what: str, timeout: float) -> socket.socket:
+    """Connect to the unix socket QEMU serves a virtio-serial port of the VM on (it appears when the domain starts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the VM's {what} {path} did not appear", fix="see the session's console.log") from None
+            time.sleep(0.01)
+
+
 class _Client:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -48,17 +63,7 @@ class Mux:
 
     def start(self, connect_timeout: float = 10.0) -> None:
         """Connect to the VM's channel socket, listen for clients, serve in a daemon thread."""
-        deadline = time.monotonic() + connect_timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                sock.connect(self.channel_path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise Unavailable(f"the VM's exec channel {self.channel_path} did not appear", fix="see the session's console.log")
-                time.sleep(0.01)
+        sock = connect_port(self.channel_path, "exec channel", connect_timeout)
         self.chan = sock
         Path(self.listen_path).unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
