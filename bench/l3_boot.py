@@ -10,7 +10,10 @@ as that user; `--user root` measures root's path), with the accelerator that use
 Start it as root: it brings up the test network, `posture netd` and a private libvirtd in
 a network namespace of its own (nothing in the root namespace), exactly like tests/l3.
 
-    bench/l3_boot.py [--runs 5] [--user posture-test|root]
+    bench/l3_boot.py [--runs 5] [--user posture-test|root] [--baseline OTHER_POSTURE]
+
+--baseline names a second posture (another build, as an executable) that runs in turn with this one and
+the floor, so a change to the boot is measured side by side, not against yesterday's figures.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=0, help="[l3] cpus for posture's VM (default: posture's default)")
     parser.add_argument("--tcg-cpu", choices=("max", "qemu64"), default="max", help="[l3] tcg_cpu for posture's VM (default max, posture's default)")
     parser.add_argument("--user", default="posture-test", help="who runs posture and the floor (default posture-test; root for root's path)")
+    parser.add_argument("--baseline", default="", help="another posture executable to time in turn with this one (a build to compare against)")
     parser.add_argument("--timeline", action="store_true",
                         help="print posture's host-side timestamps (POSTURE_DEBUG_TIMING) and the guest's posture-t: lines of each run")
     args = parser.parse_args()
@@ -140,6 +144,8 @@ def main() -> int:
     floor: list[float] = []
     first: list[float] = []
     total: list[float] = []
+    base_first: list[float] = []
+    base_total: list[float] = []
     try:
         with testnet() as net:
             netd_proc = start_netd(net, str(rundir / "netd.sock"), base, table)
@@ -161,11 +167,19 @@ def main() -> int:
                         runtime.mkdir(mode=0o700)
                         os.chown(runtime, pw.pw_uid, pw.pw_gid)
                         env.update({"POSTURE_DEBUG_TIMING": "1", "XDG_RUNTIME_DIR": str(runtime)})
-                    posture_argv = [*as_user, "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-                                    POSTURE, "exec", str(project), "--level", "l3", "--profile", "shell", "--", "echo", MARK]
+                    def argv_of(binary: str) -> list[str]:
+                        return [*as_user, "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+                                binary, "exec", str(project), "--level", "l3", "--profile", "shell", "--", "echo", MARK]
+                    posture_argv = argv_of(POSTURE)
                     until_marker(posture_argv, MARK, cwd=str(project))  # warm caches (initramfs, agent, libvirt)
+                    if args.baseline:
+                        until_marker(argv_of(args.baseline), MARK, cwd=str(project))
                     for _ in range(args.runs):
                         floor.append(until_marker(floor_argv, MARK)[0])
+                        if args.baseline:
+                            seen, whole = until_marker(argv_of(args.baseline), MARK, cwd=str(project))
+                            base_first.append(seen)
+                            base_total.append(whole)
                         console: list[str] = []
                         stop_tail = threading.Event()
                         tail = threading.Thread(target=tail_console, args=(runtime, console, stop_tail, time.time()), daemon=True)
@@ -195,7 +209,14 @@ def main() -> int:
     print(f"{'bare qemu -kernel/-initrd (floor)':34}{f:9.2f}{min(floor):9.2f}{max(floor):9.2f}")
     print(f"{'posture exec --level l3 (1st cmd)':34}{p:9.2f}{min(first):9.2f}{max(first):9.2f}")
     print(f"{'posture exec --level l3 (total)':34}{t:9.2f}{min(total):9.2f}{max(total):9.2f}")
+    if base_first:
+        b, bt = statistics.median(base_first), statistics.median(base_total)
+        print(f"{'baseline (1st cmd)':34}{b:9.2f}{min(base_first):9.2f}{max(base_first):9.2f}   ({args.baseline})")
+        print(f"{'baseline (total)':34}{bt:9.2f}{min(base_total):9.2f}{max(base_total):9.2f}")
+        print(f"this build against the baseline: {p / b:.2f}x to the first command ({p - b:+.2f} s)")
     print(f"ratio boot-to-first-command / floor: {p / f:.2f}x (target <= 1.2x)")
+    paired = sorted(a / b for a, b in zip(first, floor))  # each run against the floor run right before it
+    print(f"run by run against the floor before it: median {statistics.median(paired):.2f}x (from {paired[0]:.2f}x to {paired[-1]:.2f}x)")
     return 0
 
 

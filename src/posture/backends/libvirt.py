@@ -21,6 +21,7 @@ TABLE = {
     "agent": c.one_of("auto", "native", "python"),
     "boot_timeout": c.whole(5, 3600),
     "tcg_cpu": c.one_of("max", "qemu64"),  # the emulated CPU under TCG: max (AVX2, what native agents need) or the faster qemu64
+    "firmware": c.one_of("auto", "qboot", "seabios"),  # auto: qboot when QEMU ships it (it boots sooner), else SeaBIOS
     "guest_root": c.boolean,  # the agent's commands run as guest root instead of the user (the host side holds either way)
 }
 

@@ -1,7 +1,7 @@
 """The L3 guest's one door to its session's gateway: a virtio-serial port carrying TCP connections.
 
-The guest end (guest/tunnel.py under the view's python3, started by the guest's setup
-script before the exec agent, as `nobody`) listens on the guest's own 127.0.0.1:INSIDE_PORT,
+The guest end (guest/tunnel.py under the view's python3, started by the guest's init
+before the exec agent, as `nobody`) listens on the guest's own 127.0.0.1:INSIDE_PORT,
 the address the agent's base URL and proxy variables name; the host end, a thread of the
 process that holds the VM, joins every connection to the gateway's unix socket and to
 nothing else. So the guest reaches the gateway without any network toward the host (in
@@ -12,13 +12,13 @@ process outside the VM that nothing in the guest can see.
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import threading
 from pathlib import Path
 
 from ..gateway import INSIDE_PORT
 from ..guest import tunnel
+from . import guestboot
 from .mux import connect_port
 
 CHANNEL_NAME = "org.posture.gateway"
@@ -26,26 +26,11 @@ READY = "/run/posture-door.ready"
 NOBODY = (65534, 65534)
 
 
-def guest_lines(guest_dir: str, python: str) -> list[str]:
-    """Setup-script lines (run as guest root before the agent starts): find the port, start the
-    guest end in the new root, and wait until it listens (a command never races its door)."""
-    q = shlex.quote
-    start = (f"chroot $R {q(python)} -I -S {guest_dir}/tunnel.pyc --device $GWDEV --listen 127.0.0.1:{INSIDE_PORT} "
-             f"--uid {NOBODY[0]} --gid {NOBODY[1]} --ready {READY} </dev/null >/dev/null 2>&1 &")
-    return [
-        "GWDEV=",
-        "for p in /sys/class/virtio-ports/*; do",
-        f"  n=; read -r n < $p/name 2>/dev/null; [ \"$n\" = {CHANNEL_NAME} ] && GWDEV=/dev/${{p##*/}}",
-        "done",
-        "if [ -n \"$GWDEV\" ]; then",
-        f"  {start}",
-        "  i=0; while [ $i -lt 3000 ] && [ ! -e $R" + READY + " ]; do usleep 10000; i=$((i + 1)); done",
-        "  [ -e $R" + READY + " ] || echo \"posture-init: the gateway door did not open\"",
-        "else",
-        "  echo \"posture-init: no gateway channel\"",
-        "fi",
-        'read -r up _ < /proc/uptime; echo "posture-t: door $up"',
-    ]
+def guest_step(guest_dir: str, python: str) -> guestboot.Door:
+    """The boot step (run as guest root before the agent starts) that starts the guest end in the new root
+    and waits until it listens: a command never races its door."""
+    return guestboot.Door(CHANNEL_NAME, READY, (python, "-I", "-S", f"{guest_dir}/tunnel.pyc", "--listen", f"127.0.0.1:{INSIDE_PORT}",
+                                                "--uid", str(NOBODY[0]), "--gid", str(NOBODY[1]), "--ready", READY))
 
 
 class HostDoor:

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import Unavailable
 
 AGENT_C = Path(__file__).resolve().parent.parent / "guest" / "agent.c"
+INIT_C = AGENT_C.with_name("init.c")
 CHOICES = ("auto", "native", "python")
 COMPILER_FIX = "apt-get install gcc libc6-dev (or set [l3] agent = \"python\" and accept a slower first command)"
 
@@ -45,21 +46,31 @@ def compiler() -> str | None:
 
 def build_native(cache: Path) -> Path:
     """The static native agent for this agent.c and compiler, built once into `cache`."""
+    return build_static(cache, AGENT_C, "agent-native", "native exec agent")
+
+
+def build_init(cache: Path) -> Path:
+    """The static native init (guest/init.c) for this compiler, built once into `cache`."""
+    return build_static(cache, INIT_C, "init-native", "native init")
+
+
+def build_static(cache: Path, source: Path, prefix: str, what: str) -> Path:
+    """`source` compiled statically with the host's compiler into `cache` (named by a digest of both), once."""
     cc = compiler()
     if cc is None:
-        raise Unavailable("no C compiler to build the L3 guest's native exec agent", fix=COMPILER_FIX)
+        raise Unavailable(f"no C compiler to build the L3 guest's {what}", fix=COMPILER_FIX)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    digest = hashlib.sha256(AGENT_C.read_bytes() + repr((os.path.realpath(cc), version)).encode()).hexdigest()[:16]
-    out = cache / f"agent-native-{digest}"
+    digest = hashlib.sha256(source.read_bytes() + repr((os.path.realpath(cc), version)).encode()).hexdigest()[:16]
+    out = cache / f"{prefix}-{digest}"
     if out.exists():
         return out
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".agent-native-{os.getpid()}"
-    proc = subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(tmp), str(AGENT_C)], capture_output=True, text=True)
+    tmp = cache / f".{prefix}-{os.getpid()}"
+    proc = subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(tmp), str(source)], capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         detail = (proc.stderr.strip().splitlines() or ["no output"])[-1][-200:]
-        raise Unavailable(f"{cc} could not build the L3 guest's native exec agent: {detail}", fix=COMPILER_FIX)
+        raise Unavailable(f"{cc} could not build the L3 guest's {what}: {detail}", fix=COMPILER_FIX)
     tmp.chmod(0o755)
     os.replace(tmp, out)
     return out

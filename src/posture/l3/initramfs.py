@@ -1,11 +1,13 @@
-"""Build the L3 guest's initramfs in Python: a newc cpio with busybox, a few modules and an init.
+"""Build the L3 guest's initramfs in Python: a newc cpio with a few modules and an init.
 
-The init is generic (one image per kernel, cached): it loads the modules with two calls of
+With the native agent the init is guest/init.c, built the same way (`build_native`: no busybox;
+it does everything below with system calls, in one process). Otherwise it is the shell INIT
+under busybox. Either is generic (one image per kernel, cached). The shell one loads the modules with two calls of
 busybox's modprobe (dependencies from a modules.dep written here; one process per group, not
 one per module: every fork costs milliseconds under TCG), without their signatures when the
 kernel does not insist on them (no RSA check per module in an emulated CPU), mounts the `root` virtio-fs share read-only at /newroot and the `rw` share at
-/newroot/.posture-guest/rw, then runs the session's own `/.posture-guest/setup.sh` from the
-share (binds, tmpfs, network) and switches root into the exec agent.
+/newroot/.posture-guest/rw, then runs the session's own boot steps from the share
+(l3/guestboot.py: binds, tmpfs, network) and switches root into the exec agent.
 """
 
 from __future__ import annotations
@@ -215,16 +217,16 @@ class Cpio:
         return data + b"\0" * (-len(data) % 512)
 
 
-def build(modules: Path, busybox: Path, init: str = INIT, wanted: tuple[str, ...] = MODULES) -> bytes:
-    """The initramfs image (uncompressed newc cpio) for a kernel's `modules` tree."""
-    cpio = Cpio()
+def _base(cpio: Cpio) -> None:
     for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"):
         cpio.directory(d)
     cpio.node("dev/console", 0o020000 | 0o600, 5, 1)
     cpio.node("dev/null", 0o020000 | 0o666, 1, 3)
-    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
-    for applet in BUSYBOX_APPLETS:
-        cpio.symlink(f"bin/{applet}", "busybox")
+
+
+def _add_modules(cpio: Cpio, modules: Path, wanted: tuple[str, ...]) -> tuple[list[str], list[str], list[str], str]:
+    """Put `wanted` (and their dependencies) with a modules.dep in `cpio`; (load order, the root share's
+    modules, the rest asked for, the kernel release)."""
     unsigned = signatures_optional(modules)
     resolved = resolve_modules(modules, wanted) if wanted else []
     names = [name for name, _ in resolved]
@@ -238,9 +240,47 @@ def build(modules: Path, busybox: Path, init: str = INIT, wanted: tuple[str, ...
     cpio.file(f"lib/modules/{release}/modules.dep", ("\n".join(lines) + "\n").encode())
     first = [m for m in wanted if m in ROOT_MODULES and m in names]
     later = [m for m in wanted if m not in ROOT_MODULES and m in names and not any(m in _closure(f, deps) for f in first)]
+    root_closure = {d for f in first for d in _closure(f, deps)}
+    order = [n for n in names if n in root_closure] + ["--"] + [n for n in names if n not in root_closure]
+    return order, first, later, release
+
+
+def build(modules: Path, busybox: Path, init: str = INIT, wanted: tuple[str, ...] = MODULES) -> bytes:
+    """The initramfs image (uncompressed newc cpio) for a kernel's `modules` tree, with busybox and the shell `init`."""
+    cpio = Cpio()
+    _base(cpio)
+    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    for applet in BUSYBOX_APPLETS:
+        cpio.symlink(f"bin/{applet}", "busybox")
+    _, first, later, _ = _add_modules(cpio, modules, wanted)
     init = init.replace("@ROOT_MODULES@", " ".join(first) or "-q virtiofs").replace("@LATER_MODULES@", " ".join(later) or "-q virtio_net")
     cpio.file("init", init.encode(), 0o755)
     return cpio.finish()
+
+
+def build_native(modules: Path, init_binary: Path, wanted: tuple[str, ...] = MODULES) -> bytes:
+    """The initramfs image for the native init (guest/init.c): the binary as /init, the modules and their
+    load order in /lib/modules/posture.load (the root share's group, a line `--`, the rest); no busybox."""
+    cpio = Cpio()
+    _base(cpio)
+    order, _, _, release = _add_modules(cpio, modules, wanted)
+    listing = "".join("--\n" if n == "--" else f"/lib/modules/{release}/{n}.ko\n" for n in order)
+    cpio.file("lib/modules/posture.load", listing.encode())
+    cpio.file("init", init_binary.read_bytes(), 0o755)
+    return cpio.finish()
+
+
+def cached_native(dest_dir: Path, modules: Path, init_binary: Path, wanted: tuple[str, ...] = MODULES) -> Path:
+    """The native init's initramfs for these inputs under `dest_dir`, built once and reused."""
+    key = cache_key(modules, init_binary, "native", wanted)
+    path = dest_dir / f"initrd-native-{key}.cpio"
+    if not path.exists():
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(build_native(modules, init_binary, wanted))
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    return path
 
 
 def cache_key(modules: Path, busybox: Path, init: str, wanted: tuple[str, ...]) -> str:

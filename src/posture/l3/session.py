@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid as uuidmod
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,8 +123,9 @@ def qemu_ids(conn) -> tuple[int | None, int | None]:
     return (int(m.group(1)), int(m.group(2))) if m else (None, None)
 
 
-def _exposed_boot_files(k: Kernel) -> tuple[Path, Path]:
-    """Kernel and initramfs where QEMU can read them (copied/cached under exposed_root()/boot)."""
+def _exposed_boot_files(k: Kernel, native_init: Path | None) -> tuple[Path, Path]:
+    """Kernel and initramfs where QEMU can read them (copied/cached under exposed_root()/boot); the initramfs
+    boots with `native_init` (guest/init.c) when given, else with busybox."""
     base = exposed_root()
     boot = base / "boot"
     boot.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -137,8 +139,9 @@ def _exposed_boot_files(k: Kernel) -> tuple[Path, Path]:
         pvh.write_boot_image(k.image, tmp)  # the uncompressed PVH vmlinux when there is one (l3/pvh.py)
         tmp.chmod(0o644)
         os.replace(tmp, image)
-    initrd = initramfs.cached(boot, k.modules, kernel.find_busybox())
-    return image, initrd
+    if native_init is not None:
+        return image, initramfs.cached_native(boot, k.modules, native_init)
+    return image, initramfs.cached(boot, k.modules, kernel.find_busybox())
 
 
 class LibvirtSession(Session):
@@ -198,7 +201,19 @@ class LibvirtSession(Session):
         self.conn = connect(uri)
         qemu_gid = qemu_ids(self.conn)[1]
         gid = None if user else qemu_gid
-        cached_image, cached_initrd = _exposed_boot_files(k)
+        cache = exposed_root() / "boot"
+        agent = guestagent.choose(l3.get("agent", "auto"), cache, virtiofs.GUEST, virtiofs.GUEST_PYTHON, virtiofs.agent_pycs)
+        # with the native agent the guest boots with the native init (guest/init.c), which also becomes the user itself
+        native_init = None
+        if agent.kind == "native":
+            try:
+                native_init = guestagent.build_init(cache)
+            except Unavailable as exc:  # the busybox init boots the same steps, slower
+                agent = replace(agent, why=f"{agent.why}; the guest boots with busybox ({exc.message})")
+        if self.view.uid != 0 and not l3.get("guest_root"):
+            agent = (replace(agent, uid=self.view.uid, why=agent.why + f"; commands run as uid {self.view.uid}") if native_init
+                     else guestuser.as_user(agent, self.view.uid, self.view.gid, cache, virtiofs.GUEST))
+        cached_image, cached_initrd = _exposed_boot_files(k, native_init)
         run = self._exposed()
         if run.exists():
             shutil.rmtree(run, ignore_errors=True)
@@ -223,16 +238,14 @@ class LibvirtSession(Session):
         with os.fdopen(fd, "w") as fh:
             json.dump(self.view.env.env, fh)
         _t("prepared")
-        cache = exposed_root() / "boot"
-        agent = guestagent.choose(l3.get("agent", "auto"), cache, virtiofs.GUEST, virtiofs.GUEST_PYTHON, virtiofs.agent_pycs)
-        if self.view.uid != 0 and not l3.get("guest_root"):
-            agent = guestuser.as_user(agent, self.view.uid, self.view.gid, cache, virtiofs.GUEST)
-        door_lines = None
+        door_step = None
         if self.door is not None:
             agent.files.update(l3door.guest_files(cache, virtiofs.guest_pycs))
-            door_lines = l3door.guest_lines(virtiofs.GUEST, virtiofs.GUEST_PYTHON)
-        self.record.data.update({"agent": agent.kind, "guest_uid": agent.uid or 0, "door": self.door is not None})
-        served = virtiofs.serve(self.view, run, gid, network, agent=agent, stall=stall, user=user, door=door_lines)
+            door_step = l3door.guest_step(virtiofs.GUEST, virtiofs.GUEST_PYTHON)
+        self.record.data.update({"agent": agent.kind, "guest_uid": agent.uid or 0, "door": self.door is not None,
+                                 "init": "native" if native_init else "busybox"})
+        served = virtiofs.serve(self.view, run, gid, network, agent=agent, stall=stall, user=user, door=door_step,
+                                native_init=native_init is not None)
         _t("staged")
         self.stage = served.proc
         self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders, "placeholder_registry": served.registry})
@@ -243,6 +256,7 @@ class LibvirtSession(Session):
             channel_socket=str(run / "exec.chan"), console_log=str(run / "console.log"), network=network,
             uuid=str(uuidmod.uuid4()), user=None if user is None else (user[0], qemu_gid if qemu_gid is not None else user[1]),
             door_socket=str(run / "door.chan") if self.door is not None else "", tcg_cpu=str(l3.get("tcg_cpu", "max")),
+            firmware=domain.firmware(str(l3.get("firmware", "auto"))),
         )
         libvirt = _libvirt()
         flags = libvirt.VIR_DOMAIN_START_AUTODESTROY
