@@ -14,7 +14,6 @@ TABLE = {
     "uri": c.string,
     "kernel": c.host_path,
     "modules": c.host_path,
-    "initrd": c.host_path,
     "memory_mib": c.whole(128, 65536),
     "cpus": c.whole(1, 64),
     "accel": c.one_of("auto", "kvm", "tcg"),
