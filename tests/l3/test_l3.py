@@ -85,7 +85,11 @@ def test_exec_streams_and_exit_code(l3: L3) -> None:
 @pytest.mark.parametrize("agent", ["native", "python"])
 def test_both_guest_agents_run_commands(l3: L3, agent: str) -> None:
     """[l3] agent picks the guest's exec agent; both keep the streams apart and pass exit codes and stdin, as the user."""
-    cfg = l3.config(f'agent = "{agent}"\n')
+    ro_file = Path(f"/srv/posture-l3-ro-{agent}.txt")  # a file bind outside the home: its mount point is in the read-only root share
+    ro_file.parent.mkdir(exist_ok=True)
+    ro_file.write_text(f"ro-bind-{agent}\n")
+    ro_file.chmod(0o644)
+    cfg = l3.config(f'agent = "{agent}"\n[mounts]\nro = ["{ro_file}"]\n')
     project = l3.make_project(f"agent-{agent}")
     proc = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--",
                       "sh", "-c", "read line; echo got:$line; echo to-err >&2; id -u >&2; tr '\\0' ' ' < /proc/1/cmdline | cut -d' ' -f1 >&2; exit 7", cwd=project,
@@ -98,6 +102,11 @@ def test_both_guest_agents_run_commands(l3: L3, agent: str) -> None:
     missing = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--", "no-such-command-here",
                          cwd=project, XDG_CONFIG_HOME=str(cfg))
     assert missing.returncode == 127 and "no-such-command-here" in missing.stderr, missing.stderr
+    bound = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--", "sh", "-c", f"cat {ro_file}; echo x >> {ro_file}",
+                       cwd=project, XDG_CONFIG_HOME=str(cfg))
+    assert bound.stdout == f"ro-bind-{agent}\n" and bound.returncode != 0, (bound.stdout, bound.stderr)  # bound, and read-only
+    assert ro_file.read_text() == f"ro-bind-{agent}\n"
+    ro_file.unlink()
 
 
 def test_a_guest_that_does_not_answer_gets_one_fresh_vm(l3: L3) -> None:

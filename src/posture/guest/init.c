@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,11 +43,12 @@
 #define MAX_ARGS 64
 
 static char dev[300], gwdev[300];
+static int console = 1; /* where say() writes: the console */
 
 static void say(const char *fmt, const char *a, const char *b) {
     char line[768];
     int n = snprintf(line, sizeof line, fmt, a ? a : "", b ? b : "");
-    if (n > 0) (void)!write(1, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1));
+    if (n > 0) (void)!write(console, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1));
 }
 
 static void die(const char *what, const char *detail) {
@@ -164,9 +166,14 @@ static void net4(const char *ifname, const char *cidr, const char *gw) {
     snprintf(r.ifr_name, sizeof r.ifr_name, "%s", ifname);
     struct sockaddr_in *sin = (struct sockaddr_in *)&r.ifr_addr;
     sin->sin_family = AF_INET;
-    if (s < 0 || if_up(s, ifname) || prefix < 0 || prefix > 32 || inet_pton(AF_INET, ip, &sin->sin_addr) != 1 || ioctl(s, SIOCSIFADDR, &r)) {
+    if (s < 0 || if_up(s, ifname)) {
         if (s >= 0) close(s);
         return; /* no eth0 (the shell's `ip link set eth0 up 2>/dev/null &&`) */
+    }
+    if (prefix < 0 || prefix > 32 || inet_pton(AF_INET, ip, &sin->sin_addr) != 1 || ioctl(s, SIOCSIFADDR, &r)) {
+        say("posture-init: cannot give %s the address %s\n", ifname, cidr);
+        close(s);
+        return;
     }
     sin->sin_addr.s_addr = htonl(prefix ? ~0u << (32 - prefix) : 0);
     if (ioctl(s, SIOCSIFNETMASK, &r)) say("posture-init: cannot set the netmask of %s%s\n", ifname, "");
@@ -251,8 +258,9 @@ static const char *field(void) {
 static long number(void) {
     const char *f = field();
     char *end;
+    errno = 0;
     long v = strtol(f, &end, 10);
-    if (!*f || *end || v < 0) die("the boot steps hold a bad number: ", f);
+    if (!*f || *end || errno || v < 0 || v > 0xfffffffeL) die("the boot steps hold a bad number: ", f);
     return v;
 }
 
@@ -278,13 +286,16 @@ static void step_bind(void) {
     if (is_dir) ok = mkdir_p(t, 0755) == 0;
     else {
         ok = mkdir_parent(t) == 0;
-        int fd = ok ? open(t, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644) : -1;
+        /* read-only: the mount point may already be in the read-only root share, and must not be written */
+        int fd = ok ? open(t, O_RDONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
         ok = fd >= 0;
         if (fd >= 0) close(fd);
     }
     ok = ok && mount(s, t, NULL, MS_BIND, NULL) == 0;
+    int bound = ok;
     if (ok && ro) ok = mount(NULL, t, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) == 0;
     if (!ok) say("posture-init: mount failed: %s (%s)\n", target, strerror(errno));
+    if (bound && !ok && umount2(t, MNT_DETACH)) die("a bind that should be read-only stays writable: ", target);
 }
 
 static void step_door(void) {
@@ -293,22 +304,29 @@ static void step_door(void) {
     if (argc < 1 || argc > MAX_ARGS) die("the boot steps hold a bad door command", NULL);
     char *argv[MAX_ARGS + 3];
     for (long i = 0; i < argc; i++) argv[i] = (char *)field();
+    for (int i = 0; i < 200 && find_port(name, gwdev, sizeof gwdev); i++) sleep_ms(10);
     if (find_port(name, gwdev, sizeof gwdev)) { say("posture-init: no gateway channel%s%s\n", "", ""); mark("door"); return; }
     argv[argc] = "--device";
     argv[argc + 1] = gwdev;
     argv[argc + 2] = NULL;
     pid_t pid = fork();
     if (pid == 0) {
-        int null = open("/dev/null", O_RDWR);
-        if (chroot(R) || chdir("/") || null < 0) _exit(126);
+        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (chroot(R) || chdir("/") || null < 0) { say("posture-init: cannot start the gateway door: %s%s\n", strerror(errno), ""); _exit(126); }
+        console = fcntl(1, F_DUPFD_CLOEXEC, 3); /* for a failed exec's message; the door's own stdio is /dev/null */
         dup2(null, 0); dup2(null, 1); dup2(null, 2);
         execv(argv[0], argv);
+        say("posture-init: cannot start the gateway door: %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
     char r[4096];
     in_root(ready, r, sizeof r);
-    int i = 0;
-    while (pid > 0 && i < 3000 && access(r, F_OK)) { sleep_ms(10); i++; }
+    int i = 0, status;
+    while (pid > 0 && i < 3000 && access(r, F_OK)) {
+        if (waitpid(pid, &status, WNOHANG) == pid) { say("posture-init: the gateway door exited before it opened%s%s\n", "", ""); break; }
+        sleep_ms(10);
+        i++;
+    }
     if (pid < 0 || access(r, F_OK)) say("posture-init: the gateway door did not open%s%s\n", "", "");
     mark("door");
 }
@@ -324,6 +342,7 @@ static void step_exec(void) {
     char a[4096];
     if (access(in_root(argv[0], a, sizeof a), X_OK)) say("posture-init: %s is missing from the view%s\n", argv[0], "");
     if (!dev[0]) die("no exec channel", NULL);
+    if (as_user && (uid == 0 || gid == 0)) die("the boot steps name root as the user", NULL);
     if (as_user && chown(dev, (uid_t)uid, (gid_t)gid)) say("posture-init: cannot give %s to the user: %s\n", dev, strerror(errno));
     /* switch_root: the new root becomes / (the initramfs stays below it, unreachable) */
     if (chdir(R) || mount(R, "/", NULL, MS_MOVE, NULL) || chroot(".") || chdir("/")) die("cannot switch to the new root: ", strerror(errno));
@@ -341,11 +360,13 @@ static void run_steps(void) {
         const char *op = field();
         if (!strcmp(op, "mount")) {
             const char *src = field(), *target = field(), *fstype = field(), *opts = field();
-            long make = number(), report = number();
+            long make = number();
+            (void)number(); /* `report`: the shell's own message; here every failure is reported */
             char t[4096];
             in_root(target, t, sizeof t);
             if (make) mkdir_p(t, 0755);
-            if (mount_opts(src, t, fstype, opts) && report) say("posture-init: mount failed: %s (%s)\n", target, strerror(errno));
+            errno = EINVAL;
+            if (mount_opts(src, t, fstype, opts)) say("posture-init: mount failed: %s (%s)\n", target, strerror(errno));
         } else if (!strcmp(op, "mkdir")) {
             char t[4096];
             mkdir_p(in_root(field(), t, sizeof t), 0755);
@@ -357,7 +378,7 @@ static void run_steps(void) {
             in_root(path, p, sizeof p);
             mkdir_parent(p);
             unlink(p);
-            if (symlink(target, p)) say("posture-init: cannot link %s: %s\n", path, strerror(errno));
+            if (symlink(target, p)) say("posture-init: mount failed: %s (%s)\n", path, strerror(errno));
         } else if (!strcmp(op, "mark")) {
             mark(field());
         } else if (!strcmp(op, "lo")) {

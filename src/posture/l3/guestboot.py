@@ -159,7 +159,8 @@ def shell_script(plan: list[Step]) -> str:
             lines.append(cmd + (f' || echo "posture-init: mount failed: {_text(s.target)}"' if s.report else ""))
         elif isinstance(s, Bind):
             t = q(s.target)
-            make = f"mkdir -p $R{t}" if s.is_dir else f"mkdir -p $R{q(os.path.dirname(s.target))} && touch $R{t}"
+            # a file's mount point may already be in the read-only root share: made only when missing
+            make = f"mkdir -p $R{t}" if s.is_dir else f"mkdir -p $R{q(os.path.dirname(s.target))} && {{ [ -e $R{t} ] || touch $R{t}; }}"
             cmd = f"{make} && mount -o bind $R{q(s.source)} $R{t}" + (f" && mount -o remount,bind,ro $R{t}" if s.ro else "")
             lines.append(cmd + f' || echo "posture-init: mount failed: {_text(s.target)}"')
         elif isinstance(s, Link):
