@@ -360,8 +360,7 @@ static void run_steps(void) {
         const char *op = field();
         if (!strcmp(op, "mount")) {
             const char *src = field(), *target = field(), *fstype = field(), *opts = field();
-            long make = number();
-            (void)number(); /* `report`: the shell's own message; here every failure is reported */
+            long make = number(); /* every failure is reported (the shell script reports only some) */
             char t[4096];
             in_root(target, t, sizeof t);
             if (make) mkdir_p(t, 0755);

@@ -117,7 +117,7 @@ def steps_file(plan: list[Step]) -> bytes:
     fields: list[str] = []
     for s in plan:
         if isinstance(s, Mount):
-            fields += ["mount", s.source, s.target, s.fstype, s.opts, str(int(s.make)), str(int(s.report))]
+            fields += ["mount", s.source, s.target, s.fstype, s.opts, str(int(s.make))]  # the native init reports every failure
         elif isinstance(s, Bind):
             fields += ["bind", s.source, s.target, str(int(s.is_dir)), str(int(s.ro))]
         elif isinstance(s, Link):

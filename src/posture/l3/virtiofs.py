@@ -56,10 +56,9 @@ def _depth(path: str) -> int:
 
 @dataclass
 class Plan:
-    """The staging ops, the guest's setup script, and host placeholders made for protected paths."""
+    """The staging ops (the guest's boot steps among them) and host placeholders made for protected paths."""
 
     ops: list[dict] = field(default_factory=list)
-    setup_sh: str = ""
     wanted: list[tuple[str, bool]] = field(default_factory=list)  # placeholders to create: (path, is_dir)
 
 
@@ -194,8 +193,7 @@ def plan(view: View, stage: Path, network: bool, agent: GuestAgent, stall: bool 
     if native_init:
         ops.append({"op": "write", "path": f"{root}{GUEST}/boot.steps", "data": guestboot.steps_file(boot).decode(), "mode": 0o644})
     else:
-        out.setup_sh = guestboot.shell_script(boot)
-        ops.append({"op": "write", "path": f"{root}{GUEST}/setup.sh", "data": out.setup_sh, "mode": 0o755})
+        ops.append({"op": "write", "path": f"{root}{GUEST}/setup.sh", "data": guestboot.shell_script(boot), "mode": 0o755})
     ops.append({"op": "remount_ro", "path": root})
     return out
 
