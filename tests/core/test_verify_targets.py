@@ -128,3 +128,19 @@ def test_tailnet_peers_that_answer_are_a_warning_not_a_failure() -> None:
     report = {"net": {"100.64.0.1:22": "ok:SSH-2.0", "100.64.0.3:80": "ECONNREFUSED"}}
     rows = {r.promise: r for r in promises.rows_for("l4", report, _ctx(t.Targets(), ["100.64.0.1:22", "100.64.0.3:80"]))}
     assert rows[promises.PEERS].held is None and rows[promises.PEERS].evidence.startswith("WARNING") and "100.64.0.1:22" in rows[promises.PEERS].evidence
+
+
+def test_a_walk_that_could_not_finish_proves_nothing_about_the_canaries() -> None:
+    """The probe's walk failing (EMFILE, EIO) leaves the canary rows untested, never held; a refusal (EACCES) is fine;
+    a canary found wins over an unfinished walk."""
+    ctx = _ctx(t.Targets())
+    clean: dict = {"creds": {"~/.ssh/id_rsa": "ENOENT"}, "canaries_found": {"C": [], "S": []},
+                   "scan_errors": {"EACCES": {"count": 3, "first": ["/usr/share/polkit-1/rules.d"]}}}
+    rows = {r.promise: r for r in promises.rows_for("l3", clean, ctx)}
+    assert rows[promises.CREDS].held is True and rows[promises.STATE].held is True
+    broken = {**clean, "scan_errors": {**clean["scan_errors"], "EMFILE": {"count": 9000, "first": ["/usr/lib/x"]}}}
+    rows = {r.promise: r for r in promises.rows_for("l3", broken, ctx)}
+    for promise in (promises.CREDS, promises.STATE):
+        assert rows[promise].held is None and "EMFILE at 9000 paths (first /usr/lib/x)" in rows[promise].evidence, rows[promise]
+    found = {**broken, "canaries_found": {"C": ["/tmp/leak"], "S": []}}
+    assert {r.promise: r for r in promises.rows_for("l3", found, ctx)}[promises.CREDS].held is False

@@ -142,9 +142,11 @@ class L3:
         return subprocess.run([*wrap, "env", f"HOME={self.home}", *argv], cwd=str(cwd or self.home), capture_output=True, text=True)
 
     def posture(self, *args: str, cwd: Path | None = None, tty: bool = False, timeout: float = 300, stdin: str | None = None,
-                **extra: str) -> subprocess.CompletedProcess[str]:
-        """Run the real console script (under a pty made by `script` when `tty`)."""
+                nofile: int | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+        """Run the real console script (under a pty made by `script` when `tty`; with RLIMIT_NOFILE `nofile`)."""
         argv = self.argv(*args, **extra)
+        if nofile is not None:
+            argv = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *argv]
         if tty:
             cmd = "stty rows 33 cols 101; " + " ".join(_quote(a) for a in argv)
             argv = ["script", "-qefc", cmd, "/dev/null"]

@@ -63,6 +63,17 @@ class Door:
 
 
 @dataclass(frozen=True)
+class Reaper:
+    """Keep the guest's dentries below `budget` (each is a descriptor virtiofsd holds: virtiofs.dentry_budget) by
+    dropping the unused ones, from a child that stays guest root. The native init forks it; the busybox init
+    starts it in `python` (shell builtins cannot read a sysctl file in one read, and a `sleep` from the share
+    would not load just when the share is exhausted; a running interpreter needs nothing more from it)."""
+
+    budget: int
+    python: str
+
+
+@dataclass(frozen=True)
 class Agent:
     """Switch into the new root and run `argv` as PID 1 with `--device DEV` appended. `run_as` (uid, gid):
     the exec channel is given to the user; the native init also becomes the user first (the busybox
@@ -72,11 +83,12 @@ class Agent:
     run_as: tuple[int, int] | None
 
 
-Step = Mount | Bind | Link | Door | Agent | tuple[str, ...]  # tuples: ("mark", LABEL), ("lo",), ("net",), ("channel", NAME), ("stall",)
+Step = Mount | Bind | Link | Door | Reaper | Agent | tuple[str, ...]
+# tuples: ("mark", LABEL), ("lo",), ("net",), ("channel", NAME), ("stall",)
 
 
 def steps(home: str, uid: int, gid: int, binds: list[tuple[str, str, bool, bool]], links: list[tuple[str, str]],
-          network: bool, channel: str, door: Door | None, stall: bool, agent: Agent) -> list[Step]:
+          network: bool, channel: str, door: Door | None, stall: bool, agent: Agent, reaper: Reaper) -> list[Step]:
     """The session's boot steps. `binds`: (source in the guest, target, is_dir, ro), the project's among them;
     `home` is a tmpfs owned by `uid`:`gid`."""
     out: list[Step] = [
@@ -100,6 +112,7 @@ def steps(home: str, uid: int, gid: int, binds: list[tuple[str, str, bool, bool]
     out += [("channel", channel), ("mark", "channel")]
     if door is not None:
         out.append(door)
+    out.append(reaper)
     if stall:
         out.append(("stall",))
     out.append(agent)
@@ -124,6 +137,8 @@ def steps_file(plan: list[Step]) -> bytes:
             fields += ["link", s.path, s.target]
         elif isinstance(s, Door):
             fields += ["door", s.port, s.ready, str(len(s.argv)), *s.argv]
+        elif isinstance(s, Reaper):
+            fields += ["reaper", str(s.budget)]
         elif isinstance(s, Agent):
             uid, gid = s.run_as if s.run_as is not None else (0, 0)
             fields += ["exec", str(int(s.run_as is not None)), str(uid), str(gid), str(len(s.argv)), *s.argv]
@@ -168,6 +183,8 @@ def shell_script(plan: list[Step]) -> str:
                          f' || echo "posture-init: mount failed: {_text(s.path)}"')
         elif isinstance(s, Door):
             lines += _shell_door(s)
+        elif isinstance(s, Reaper):
+            lines.append(f"chroot $R {q(s.python)} -I -S -c {q(_REAPER_PY.replace('BUDGET', str(int(s.budget))))} </dev/null >/dev/null 2>&1 &")
         elif isinstance(s, Agent):
             if s.run_as is not None:
                 lines.append(f"chown {s.run_as[0]}:{s.run_as[1]} $DEV")
@@ -189,6 +206,20 @@ def shell_script(plan: list[Step]) -> str:
         else:
             raise ValueError(f"unknown boot step {s!r}")
     return "\n".join(lines) + "\n"
+
+
+_REAPER_PY = """import time
+def dentries():
+    with open("/proc/sys/fs/dentry-state") as f:
+        return int(f.read().split()[0])
+trigger = BUDGET
+while True:
+    time.sleep(0.25)
+    if dentries() > trigger:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")
+        trigger = max(BUDGET, dentries() + BUDGET // 4)
+"""
 
 
 def _shell_port(var: str, name: str, wait: bool) -> list[str]:

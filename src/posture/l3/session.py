@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ..gateway.door import Door
     from ..l3.door import HostDoor
     from ..l3.mux import Mux
+    from ..l3.virtiofs import Watch
     from ..view import View
 
 # Imported on first use: loading this plugin must stay cheap for sessions at other levels.
@@ -155,6 +156,7 @@ class LibvirtSession(Session):
         self.dom: Any = None  # a libvirt domain
         self.mux: Mux | None = None
         self.stage: subprocess.Popen | None = None
+        self.stage_watch: Watch | None = None
         self.net: Attachment | None = None
         self.door: Door | None = None  # the session's gateway process (credentials, egress proxy)
         self.host_door: HostDoor | None = None  # the guest's way to it
@@ -248,6 +250,7 @@ class LibvirtSession(Session):
                                 native_init=native_init is not None)
         _t("staged")
         self.stage = served.proc
+        self.stage_watch = virtiofs.Watch(served.proc, self._file_server_gone)
         self.record.data.update({"stage_pid": served.proc.pid, "placeholders": served.placeholders, "placeholder_registry": served.registry})
         spec = domain.DomainSpec(
             name=self.name, kernel=str(image), initrd=str(initrd), accel=acc,
@@ -287,6 +290,16 @@ class LibvirtSession(Session):
             if self.mux.closed.is_set():
                 raise Unavailable(f"the L3 guest stopped before its exec agent answered{': ' + tail if tail else ''}", fix=fix)
             raise _BootTimeout(f"the L3 guest did not come up within {timeout:.0f}s ({acc}){': ' + tail if tail else ''}", fix=fix)
+
+    def _file_server_gone(self) -> None:
+        """virtiofsd stopped under a running guest (it crashed, or was killed): every file access in the guest
+        would hang, so the VM is ended now; what the guest wrote to the project is on the host already."""
+        print(f"posture: l3: session {self.record.id}: the guest's file server (virtiofsd) stopped; its VM is ended "
+              f"(see {self._runtime() / 'virtiofsd-root.log'} and the kernel's log)", file=sys.stderr, flush=True)
+        try:
+            self._domain().destroy()
+        except Exception:  # noqa: BLE001 - already gone, or never created
+            pass
 
     def _console_tail(self) -> str:
         """The most telling lines of the guest's console: a panic, else its last three (posture-init's own words, the boot timeline)."""
@@ -342,6 +355,9 @@ class LibvirtSession(Session):
 
     def stop(self) -> None:
         _t("stop")
+        if self.stage_watch is not None:
+            self.stage_watch.close()
+            self.stage_watch = None
         libvirt = _libvirt()
         data = self.record.data
         if data.get("net"):

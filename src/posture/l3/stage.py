@@ -30,6 +30,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -104,6 +105,13 @@ def load_filter(path):
     prog = _SockFprog(len(code) // 8, ctypes.addressof(buf))
     if libc.prctl(PR_SET_SECCOMP, 2, ctypes.byref(prog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "seccomp filter")
+
+
+def raise_nofile():
+    """virtiofsd holds a descriptor per inode the guest knows: its soft limit up to the hard one (what
+    virtiofs.dentry_budget assumes)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def listen(path):
@@ -192,6 +200,7 @@ def main():
                 os.dup2(log, 2)
                 if listener is not None:
                     os.set_inheritable(listener.fileno(), True)
+                raise_nofile()
                 if spec.get("caps"):
                     ambient(spec["caps"])
                 if spec.get("filter"):

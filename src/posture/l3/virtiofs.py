@@ -20,12 +20,15 @@ from __future__ import annotations
 import grp
 import json
 import os
+import resource
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +102,15 @@ def guest_pycs(cache: Path, sources: tuple[str, ...]) -> dict[str, Path]:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another session made it meanwhile
     return names
+
+
+def dentry_budget() -> int:
+    """How many unused dentries the guest may keep: half the descriptors each virtiofsd may hold (stage.py
+    raises its soft limit to this process's hard one; virtiofsd holds one per inode the guest knows)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    return max(256, hard // 2)
 
 
 def plan(view: View, stage: Path, network: bool, agent: GuestAgent, stall: bool = False, as_user: bool = False,
@@ -189,7 +201,8 @@ def plan(view: View, stage: Path, network: bool, agent: GuestAgent, stall: bool 
     huid, hgid = (view.uid, view.gid) if as_user or view.uid == 0 else (0, 0)
     guest_binds.append((f"{GUEST}/rw/project", view.project, True, False))
     boot = guestboot.steps(view.home, huid, hgid, guest_binds, late_links, network, CHANNEL_NAME, door, stall,
-                           guestboot.Agent(tuple(agent.argv), (view.uid, view.gid) if as_user else None))
+                           guestboot.Agent(tuple(agent.argv), (view.uid, view.gid) if as_user else None),
+                           guestboot.Reaper(dentry_budget(), GUEST_PYTHON))
     if native_init:
         ops.append({"op": "write", "path": f"{root}{GUEST}/boot.steps", "data": guestboot.steps_file(boot).decode(), "mode": 0o644})
     else:
@@ -265,7 +278,7 @@ def serve(view: View, run_dir: Path, socket_group: int | None, network: bool, ag
     daemons = []
     for share, cache in (("root", "always"), ("rw", "auto")):
         common = ["-o", f"source={stage / share}", "-o", f"cache={cache}", "-o", "log_level=warn", "-o", "no_posix_lock",
-                  "-o", "no_xattr", "--thread-pool-size=4"]
+                  "-o", "no_xattr", "--thread-pool-size=0"]  # no GLib pool: its threads die by virtiofsd's own seccomp (sched_getaffinity)
         if user is None:
             daemons.append({"argv": [virtiofsd, f"--socket-path={sockets[share]}", *group_args, *common],
                             "socket": sockets[share], "log": str(run_dir / f"virtiofsd-{share}.log")})
@@ -305,6 +318,30 @@ def serve(view: View, run_dir: Path, socket_group: int | None, network: bool, ag
         if socket_group is not None:
             os.chmod(s, 0o660)
     return Served(proc, sockets, held, registry)
+
+
+class Watch:
+    """Calls `gone()` once if the staging process (and so a virtiofsd) exits before `close()`: a guest whose
+    file server is gone hangs in every file access, so the session must end rather than wait for ever."""
+
+    def __init__(self, proc: subprocess.Popen, gone: Callable[[], None]) -> None:
+        self.pidfd = os.pidfd_open(proc.pid)
+        self.quit_r, self.quit_w = os.pipe2(os.O_CLOEXEC)
+        self.gone = gone
+        self.thread = threading.Thread(target=self._run, name="virtiofsd-watch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        ready, _, _ = select.select([self.pidfd, self.quit_r], [], [])
+        if self.quit_r not in ready:
+            self.gone()
+
+    def close(self) -> None:
+        """Stop watching (before the session stops the staging process itself)."""
+        os.write(self.quit_w, b"q")
+        self.thread.join(timeout=5)
+        for fd in (self.pidfd, self.quit_r, self.quit_w):
+            os.close(fd)
 
 
 def stop(proc: subprocess.Popen | None, pid: int | None = None) -> None:

@@ -71,16 +71,36 @@ def syscall(name: str, *args: int | bytes) -> str:
     return "ok"
 
 
-def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str]) -> dict[str, list[str]]:
-    """Paths whose name or content holds each needle (/proc, /sys, /dev and `skip` skipped; /usr by name only)."""
-    hits: dict[str, list[str]] = {n: [] for n in needles}
-    raw = [(n, n.encode()) for n in needles]
+def scan_roots(roots: list[str] | None) -> list[tuple[str, bool]]:
+    """(directory, read contents?) for each distinct real directory to walk: a top-level symlink (merged /usr's
+    /bin, /lib, /sbin) is walked once, as its target, and anything in /usr by name only."""
     if roots is None:
         roots = ["/" + top for top in os.listdir("/") if top not in ("proc", "sys", "dev")]
-    for base in roots:
-        base = os.path.expanduser(base)
-        contents = base != "/usr"  # /usr: file names only (it is large and comes from the OS)
-        for dirpath, dirs, files in os.walk(base, onerror=lambda e: None):
+    real = sorted({os.path.realpath(os.path.expanduser(base)) for base in roots})
+    out = []
+    for base in real:
+        if any(base != other and base.startswith(other.rstrip("/") + "/") for other in real):
+            continue  # inside another root: walked with it
+        out.append((base, not (base == "/usr" or base.startswith("/usr/"))))
+    return out
+
+
+def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str],
+                  errors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Paths whose name or content holds each needle (/proc, /sys, /dev and `skip` skipped; /usr by name only).
+    What could not be listed or read is recorded in `errors` (errno name: paths), so a caller can tell a clean
+    scan from an incomplete one."""
+    hits: dict[str, list[str]] = {n: [] for n in needles}
+    raw = [(n, n.encode()) for n in needles]
+    errors = {} if errors is None else errors
+
+    def failed(exc: OSError) -> None:
+        errors.setdefault(errname(exc), []).append(exc.filename or "?")
+
+    for base, contents in scan_roots(roots):
+        if base in skip:
+            continue
+        for dirpath, dirs, files in os.walk(base, onerror=failed):
             dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in skip]
             for name in files + dirs:
                 for needle, _ in raw:
@@ -95,7 +115,9 @@ def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str]) 
                         continue
                     with open(path, "rb") as fh:
                         data = fh.read()
-                except OSError:
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ENXIO, errno.EOPNOTSUPP):  # gone, or a socket / fifo
+                        failed(exc)
                     continue
                 for needle, b in raw:
                     if b in data:
@@ -285,7 +307,10 @@ def main() -> None:
         ).returncode
     r["net"] = network(cfg)
     needles = [n for n in [cfg.get("canary"), *cfg.get("canaries", [])] if n]
-    found = find_canaries(needles, cfg.get("scan_roots"), [os.path.abspath(os.path.expanduser(p)) for p in cfg.get("scan_skip", [])])
+    scan_errors: dict[str, list[str]] = {}
+    found = find_canaries(needles, cfg.get("scan_roots"), [os.path.abspath(os.path.expanduser(p)) for p in cfg.get("scan_skip", [])],
+                          scan_errors)
+    r["scan_errors"] = {name: {"count": len(paths), "first": paths[:5]} for name, paths in scan_errors.items()}
     r["canary_hits"] = found.get(cfg["canary"], []) if cfg.get("canary") else []
     r["canaries_found"] = found
     projects = os.path.join(home, ".claude", "projects")

@@ -67,11 +67,27 @@ def _short(items: list[str], n: int = 4) -> str:
     return ", ".join(items[:n]) + more
 
 
+DENIED = ("EACCES", "EPERM")  # what the session may not read, it cannot leak either
+
+
+def incomplete(r: dict[str, Any]) -> str:
+    """Why the probe's walk for the canaries did not cover the view ("" when it did)."""
+    failed = {name: e for name, e in r.get("scan_errors", {}).items() if name not in DENIED}
+    return "; ".join(f"{name} at {e['count']} paths (first {e['first'][0]})" for name, e in sorted(failed.items()))
+
+
+def _unscanned(r: dict[str, Any]) -> tuple[None, str] | None:
+    why = incomplete(r)
+    return (None, f"the walk for the planted canaries could not finish: {why}") if why else None
+
+
 def creds(r: dict[str, Any], c: Context) -> tuple[bool | None, str]:
     present = [p for p, res in r.get("creds", {}).items() if res != "ENOENT"]
     hits = r.get("canaries_found", {}).get(c.cred, [])
     if present or hits:
         return False, "visible inside: " + _short([f"{p} ({r['creds'][p]})" for p in present] + [f"planted key found at {h}" for h in hits])
+    if (unscanned := _unscanned(r)) is not None:
+        return unscanned
     return True, f"{len(r.get('creds', {}))} credential paths absent (ENOENT); the key planted at {c.cred_file} is found nowhere inside"
 
 
@@ -88,6 +104,8 @@ def agent(r: dict[str, Any], c: Context) -> tuple[bool | None, str]:
     hits = [*r.get("agent_env_hits", []), *r.get("canaries_found", {}).get(c.agent, [])]
     if hits:
         return False, f"the agent's own {c.agent_var} (planted outside) is readable inside: " + _short(hits)
+    if (unscanned := _unscanned(r)) is not None:
+        return unscanned
     inside = r.get("agent_var_inside", "absent")
     how = {"same shape": "a sentinel of the same shape, swapped by the session's gateway outside",
            "absent": "nothing (this level has no door to the gateway)", "other": "a value of another shape"}[inside]
@@ -112,6 +130,8 @@ def state(r: dict[str, Any], c: Context) -> tuple[bool | None, str]:
     hits = r.get("canaries_found", {}).get(c.state, [])
     if hits:
         return False, "another project's agent state is visible: " + _short(hits)
+    if (unscanned := _unscanned(r)) is not None:
+        return unscanned
     listed = r.get("agent_state")
     return True, "a planted conversation of another project is found nowhere inside" + (f" (~/.claude/projects inside: {len(listed)} entries)" if listed else "")
 
