@@ -236,6 +236,27 @@ def test_watcher_fires_on_a_new_mcp_server_and_clears_after_approval(user, make_
     assert m.judge(LS).decision == ALLOW
 
 
+def test_watcher_looks_again_at_a_config_caught_mid_write_and_fires_on_one_that_stays_broken(user, make_repo) -> None:
+    """The agent rewrites its configs in place: an empty file for a moment is not a broken one; a broken one still fires."""
+    import threading
+
+    repo = make_repo()
+    (repo / ".mcp.json").write_text('{"mcpServers": {}}')
+    m = _monitor(user, repo, "deny", kept=True)
+    w = Watcher(m, agent_home=None, interval=3600)
+    w.baseline()
+    (repo / ".mcp.json").write_text("")  # truncated; the rest comes 0.3 s later
+    threading.Timer(0.3, lambda: (repo / ".mcp.json").write_text('{"mcpServers": {}}')).start()
+    w.poll_once()
+    assert m.judge(LS).decision == ALLOW
+    (repo / ".mcp.json").write_text("{not json")
+    started = time.monotonic()
+    w.poll_once()
+    verdict = m.judge(LS)
+    assert verdict.decision == DENY and "could not be read" in verdict.reason, verdict
+    assert time.monotonic() - started < 3
+
+
 def test_fired_levels_follow_the_users_rule_levels(user, make_repo) -> None:
     m = _monitor(user, make_repo(), "deny", kept=True, config='[rules]\npush_intent = "l3"\n')
     assert m.fired(PUSH) == [Fired("push_intent", "l3", m.fired(PUSH)[0].evidence)]

@@ -114,10 +114,10 @@ def test_both_guest_agents_run_commands(l3: L3, agent: str) -> None:
     missing = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--", "no-such-command-here",
                          cwd=project, XDG_CONFIG_HOME=str(cfg))
     assert missing.returncode == 127 and "no-such-command-here" in missing.stderr, missing.stderr
-    # with virtiofsd's descriptor limit at 4096 the guest's dentry reaper drops what passes 2048 (each init has one)
+    # with virtiofsd's descriptor limit at 8192 the guest's inode reaper drops what passes 2048 (each init has one)
     bound = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--", "sh", "-c",
                        f"cat {ro_file}; echo x >> {ro_file} && echo WRITABLE; python3 -c '{DENTRIES}'",
-                       cwd=project, XDG_CONFIG_HOME=str(cfg), nofile=4096)
+                       cwd=project, XDG_CONFIG_HOME=str(cfg), nofile=8192)
     assert bound.stdout.startswith(f"ro-bind-{agent}\n") and "WRITABLE" not in bound.stdout, (bound.stdout, bound.stderr)  # bound, read-only
     assert ro_file.read_text() == f"ro-bind-{agent}\n"
     start, seen, end = (int(n) for n in bound.stdout.split("dentries ")[1].split())
@@ -150,11 +150,11 @@ def test_probe_cannot_break_out(l3: L3, mode: str) -> None:
     cfg = _config(l3, project)
     if not as_root:  # guest root's walk (pty) reads all the user's can, and /usr by name is 140,000 lookups under TCG
         cfg["scan_skip"] = ["/usr"]
-    # as guest root with a small descriptor limit for virtiofsd (4096; a user's is often 524288): its walk of /usr
-    # alone looks up 140,000 inodes, which only the guest's dentry reaper keeps from exhausting virtiofsd (EMFILE)
+    # as guest root with a small descriptor limit for virtiofsd (8192; a user's is often 524288): its walk of /usr
+    # alone looks up 140,000 inodes, which only the guest's inode reaper keeps from exhausting virtiofsd (EMFILE)
     proc = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--",
                       "python3", "probe.py", json.dumps(cfg), cwd=project, tty=mode == "pty", timeout=900,
-                      nofile=4096 if as_root else None, **extra)  # under TCG the probe's walk of the whole view takes a minute
+                      nofile=8192 if as_root else None, **extra)  # under TCG the probe's walk of the whole view takes a minute
     report = probe_report(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stderr
     # the walk for the canary covered the view: nothing failed but what the session may not read

@@ -73,7 +73,7 @@ def test_both_inits_get_the_same_boot_steps() -> None:
     ops = [f for f in fields if f in (b"mount", b"bind", b"link", b"door", b"exec", b"net", b"lo", b"channel")]
     assert ops.count(b"bind") == 3 and ops.count(b"link") == 1 and ops[-1] == b"exec" and b"net" in ops
     assert fields[-7:-1] == [b"exec", b"1", b"1000", b"1000", b"1", b"/g/agent"]
-    # both start the dentry reaper (after the door, before the agent) with the budget
+    # both start the inode reaper (after the door, before the agent) with the budget
     assert fields[fields.index(b"reaper") + 1] == b"2048" and fields.index(b"door") < fields.index(b"reaper") < fields.index(b"exec")
     assert "chroot $R /usr/bin/python3 -I -S -c 'import time\n" in script and "trigger = 2048\n" in script
     assert script.index("drop_caches") < script.index("exec switch_root")
@@ -81,18 +81,18 @@ def test_both_inits_get_the_same_boot_steps() -> None:
         guestboot.steps_file([guestboot.Link("/a\0b", "/c")])
 
 
-def test_dentry_budget_is_half_the_descriptors_virtiofsd_may_hold() -> None:
-    """virtiofsd holds a descriptor per inode the guest knows: the guest drops its unused dentries at half of that."""
+def test_inode_budget_is_a_quarter_of_the_descriptors_virtiofsd_may_hold() -> None:
+    """virtiofsd holds a descriptor per inode the guest knows: the guest drops its unused ones at a quarter of that."""
     import subprocess
     import sys
 
     def budget(limit: int) -> int:
         out = subprocess.run(["prlimit", f"--nofile={limit}:{limit}", "--", sys.executable, "-c",
-                              "from posture.l3 import virtiofs; print(virtiofs.dentry_budget())"], capture_output=True, text=True)
+                              "from posture.l3 import virtiofs; print(virtiofs.inode_budget())"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         return int(out.stdout)
 
-    assert budget(4096) == 2048
+    assert budget(8192) == 2048
     assert budget(100) == 256  # never below a floor the guest's own boot needs
 
 

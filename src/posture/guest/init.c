@@ -332,47 +332,49 @@ static void step_door(void) {
 }
 
 /*
- * The dentry reaper: virtiofsd holds one descriptor for every inode the guest has looked up
+ * The inode reaper: virtiofsd holds one descriptor for every inode the guest has looked up
  * until the guest forgets it, and the guest kernel keeps dentries (and so their inodes) for as
  * long as it has memory. One walk of /usr is 140,000 of them: past virtiofsd's RLIMIT_NOFILE
  * every lookup in the share fails with EMFILE, even loading libc. So a child stays guest root
- * (in the new root, no input from the session) and drops the unused dentries and inodes
- * (drop_caches 2: never page cache, never what is open) whenever the guest holds more than
- * `budget` dentries; posture sets it to half virtiofsd's descriptor limit. The count is all
- * dentries, not the kernel's "unused" ones: a directory with cached children is not unused,
- * and a walk caches thousands of those. What a drop cannot free (open files, tmpfs) raises
- * the next trigger, so a guest that pins many never makes the reaper spin.
+ * (in the new root, no input from the session) and counts the guest's FUSE inodes (the
+ * fuse_inode slab's active objects, in /proc/slabinfo: the descriptors virtiofsd holds for
+ * this guest); past `budget` it drops the unused dentries and inodes (drop_caches 2: never
+ * page cache, never what is open). posture sets the budget to a quarter of virtiofsd's limit,
+ * which leaves room for a directory of thousands of entries listed between two looks. What a
+ * drop cannot free (open files) raises the next trigger, so the reaper never spins.
  */
-static long dentries(void) {
-    char buf[128];
-    int fd = open("/proc/sys/fs/dentry-state", O_RDONLY | O_CLOEXEC);
+static long fuse_inodes(void) {
+    static char buf[1 << 16];
+    int fd = open("/proc/slabinfo", O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof buf - 1 && (n = read(fd, buf + got, sizeof buf - 1 - got)) > 0) got += (size_t)n;
     close(fd);
-    if (n <= 0) return -1;
-    buf[n] = 0;
-    return strtol(buf, NULL, 10); /* nr_dentry */
+    buf[got] = 0;
+    char *line = strstr(buf, "\nfuse_inode ");
+    return line ? strtol(line + strlen("\nfuse_inode "), NULL, 10) : -1;
 }
 
 static void step_reaper(void) {
     long budget = number();
-    if (budget < 1) die("the boot steps hold a bad dentry budget", NULL);
+    if (budget < 1) die("the boot steps hold a bad inode budget", NULL);
     pid_t pid = fork();
-    if (pid < 0) { say("posture-init: cannot start the dentry reaper: %s%s\n", strerror(errno), ""); return; }
+    if (pid < 0) { say("posture-init: cannot start the inode reaper: %s%s\n", strerror(errno), ""); return; }
     if (pid) return;
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (chroot(R) || chdir("/") || null < 0) { say("posture-init: the dentry reaper cannot start: %s%s\n", strerror(errno), ""); _exit(126); }
+    if (chroot(R) || chdir("/") || null < 0) { say("posture-init: the inode reaper cannot start: %s%s\n", strerror(errno), ""); _exit(126); }
     dup2(null, 0);
     long trigger = budget;
     for (;;) {
-        sleep_ms(100);
-        long n = dentries();
-        if (n < 0) { say("posture-init: the dentry reaper cannot read /proc/sys/fs/dentry-state%s%s\n", "", ""); _exit(1); }
+        sleep_ms(50);
+        long n = fuse_inodes();
+        if (n < 0) { say("posture-init: the inode reaper cannot read fuse_inode in /proc/slabinfo%s%s\n", "", ""); _exit(1); }
         if (n <= trigger) continue;
         int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "2", 1) != 1) { say("posture-init: the dentry reaper cannot drop caches: %s%s\n", strerror(errno), ""); _exit(1); }
+        if (fd < 0 || write(fd, "2", 1) != 1) { say("posture-init: the inode reaper cannot drop caches: %s%s\n", strerror(errno), ""); _exit(1); }
         close(fd);
-        long after = dentries();
+        long after = fuse_inodes();
         trigger = after + budget / 4 > budget ? after + budget / 4 : budget;
     }
 }

@@ -64,9 +64,9 @@ class Door:
 
 @dataclass(frozen=True)
 class Reaper:
-    """Keep the guest's dentries below `budget` (each is a descriptor virtiofsd holds: virtiofs.dentry_budget) by
-    dropping the unused ones, from a child that stays guest root. The native init forks it; the busybox init
-    starts it in `python` (shell builtins cannot read a sysctl file in one read, and a `sleep` from the share
+    """Keep the guest's FUSE inodes below `budget` (each is a descriptor virtiofsd holds: virtiofs.inode_budget)
+    by dropping the unused dentries and inodes, from a child that stays guest root. The native init forks it; the busybox init
+    starts it in `python` (shell builtins cannot parse /proc/slabinfo cheaply, and a `sleep` from the share
     would not load just when the share is exhausted; a running interpreter needs nothing more from it)."""
 
     budget: int
@@ -209,16 +209,19 @@ def shell_script(plan: list[Step]) -> str:
 
 
 _REAPER_PY = """import time
-def dentries():
-    with open("/proc/sys/fs/dentry-state") as f:
-        return int(f.read().split()[0])
+def fuse_inodes():
+    with open("/proc/slabinfo") as f:
+        for line in f:
+            if line.startswith("fuse_inode "):
+                return int(line.split()[1])
+    raise SystemExit("posture-init: no fuse_inode in /proc/slabinfo")
 trigger = BUDGET
 while True:
-    time.sleep(0.25)
-    if dentries() > trigger:
+    time.sleep(0.05)
+    if fuse_inodes() > trigger:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("2")
-        trigger = max(BUDGET, dentries() + BUDGET // 4)
+        trigger = max(BUDGET, fuse_inodes() + BUDGET // 4)
 """
 
 

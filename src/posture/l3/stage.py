@@ -109,7 +109,7 @@ def load_filter(path):
 
 def raise_nofile():
     """virtiofsd holds a descriptor per inode the guest knows: its soft limit up to the hard one (what
-    virtiofs.dentry_budget assumes)."""
+    virtiofs.inode_budget assumes)."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 

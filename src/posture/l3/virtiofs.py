@@ -104,13 +104,14 @@ def guest_pycs(cache: Path, sources: tuple[str, ...]) -> dict[str, Path]:
     return names
 
 
-def dentry_budget() -> int:
-    """How many unused dentries the guest may keep: half the descriptors each virtiofsd may hold (stage.py
-    raises its soft limit to this process's hard one; virtiofsd holds one per inode the guest knows)."""
+def inode_budget() -> int:
+    """How many FUSE inodes the guest may keep: a quarter of the descriptors each virtiofsd may hold (stage.py
+    raises its soft limit to this process's hard one; virtiofsd holds one per inode the guest knows). The
+    rest is room for what is listed between two looks of the guest's reaper (guest/init.c)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 20
-    return max(256, hard // 2)
+    return max(256, hard // 4)
 
 
 def plan(view: View, stage: Path, network: bool, agent: GuestAgent, stall: bool = False, as_user: bool = False,
@@ -202,7 +203,7 @@ def plan(view: View, stage: Path, network: bool, agent: GuestAgent, stall: bool 
     guest_binds.append((f"{GUEST}/rw/project", view.project, True, False))
     boot = guestboot.steps(view.home, huid, hgid, guest_binds, late_links, network, CHANNEL_NAME, door, stall,
                            guestboot.Agent(tuple(agent.argv), (view.uid, view.gid) if as_user else None),
-                           guestboot.Reaper(dentry_budget(), GUEST_PYTHON))
+                           guestboot.Reaper(inode_budget(), GUEST_PYTHON))
     if native_init:
         ops.append({"op": "write", "path": f"{root}{GUEST}/boot.steps", "data": guestboot.steps_file(boot).decode(), "mode": 0o644})
     else:

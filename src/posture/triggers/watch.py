@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 from .. import gitutil, plugins
@@ -21,6 +22,8 @@ from .monitor import Monitor
 
 WATCHED_RULES = ("unfamiliar_mcp", "untrusted_repo")
 INTERVAL = 1.0
+UNREADABLE = "could not be read"  # policy/rules.py's evidence for a config that does not parse
+UNREADABLE_SETTLE_LOOKS, UNREADABLE_SETTLE_SECONDS = 4, 0.25
 
 
 def watched_files(project: Path, agent_home: Path | None) -> list[Path]:
@@ -96,6 +99,12 @@ class Watcher:
         changed = [str(f) for f, a, b in zip(self.files, sig, self._sig) if a != b]
         self._sig = sig
         fired = self.evaluate()
+        for _ in range(UNREADABLE_SETTLE_LOOKS):  # a config caught mid-write (the agent truncates, then writes):
+            if not any(UNREADABLE in f.evidence for f in fired):  # looked at again; one still unreadable fires
+                break
+            time.sleep(UNREADABLE_SETTLE_SECONDS)
+            self._sig = signature(self.files)
+            fired = self.evaluate()
         new = [f for f in fired if self._seen.get(f.rule) != f.evidence]
         self._seen = {f.rule: f.evidence for f in fired}
         detail = "changed: " + (", ".join(changed) or "the project's MCP configs or remotes")

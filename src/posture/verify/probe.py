@@ -31,7 +31,9 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 
 libc = ctypes.CDLL(None, use_errno=True)
 SYSCALLS = {
@@ -85,6 +87,55 @@ def scan_roots(roots: list[str] | None) -> list[tuple[str, bool]]:
     return out
 
 
+EXHAUSTED = (errno.EMFILE, errno.ENFILE)  # descriptors run out for a moment (an L3 guest's file server, until
+EXHAUSTED_WAIT = 3.0                     # the guest's reaper drops its inodes): the listing is tried again
+
+
+def _walk(top: str, failed) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk's top-down walk without following links, each listing tried again for EXHAUSTED_WAIT seconds
+    when descriptors are exhausted; what still fails goes to `failed`."""
+    stack = [top]
+    while stack:
+        path = stack.pop()
+        deadline = time.monotonic() + EXHAUSTED_WAIT
+        while True:
+            try:
+                with os.scandir(path) as it:
+                    entries = list(it)
+                break
+            except OSError as exc:
+                if exc.errno in EXHAUSTED and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                failed(exc)
+                entries = None
+                break
+        if entries is None:
+            continue
+        dirs: list[str] = []
+        files: list[str] = []
+        for entry in entries:
+            try:
+                (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+            except OSError:
+                files.append(entry.name)
+        yield path, dirs, files
+        stack.extend(os.path.join(path, d) for d in reversed(dirs))
+
+
+def _read(path: str) -> bytes:
+    """The file's bytes, tried again for EXHAUSTED_WAIT seconds when descriptors are exhausted."""
+    deadline = time.monotonic() + EXHAUSTED_WAIT
+    while True:
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except OSError as exc:
+            if exc.errno not in EXHAUSTED or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
 def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str],
                   errors: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """Paths whose name or content holds each needle (/proc, /sys, /dev and `skip` skipped; /usr by name only).
@@ -100,7 +151,7 @@ def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str],
     for base, contents in scan_roots(roots):
         if base in skip:
             continue
-        for dirpath, dirs, files in os.walk(base, onerror=failed):
+        for dirpath, dirs, files in _walk(base, failed):
             dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in skip]
             for name in files + dirs:
                 for needle, _ in raw:
@@ -113,8 +164,7 @@ def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str],
                 try:
                     if os.path.islink(path) or os.path.getsize(path) > 4 << 20:
                         continue
-                    with open(path, "rb") as fh:
-                        data = fh.read()
+                    data = _read(path)
                 except OSError as exc:
                     if exc.errno not in (errno.ENOENT, errno.ENXIO, errno.EOPNOTSUPP):  # gone, or a socket / fifo
                         failed(exc)
