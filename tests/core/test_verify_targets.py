@@ -144,3 +144,21 @@ def test_a_walk_that_could_not_finish_proves_nothing_about_the_canaries() -> Non
         assert rows[promise].held is None and "EMFILE at 9000 paths (first /usr/lib/x)" in rows[promise].evidence, rows[promise]
     found = {**broken, "canaries_found": {"C": ["/tmp/leak"], "S": []}}
     assert {r.promise: r for r in promises.rows_for("l3", found, ctx)}[promises.CREDS].held is False
+
+
+def test_the_canary_walk_reads_regular_files_only_and_a_fifo_does_not_stop_it(tmp_path) -> None:
+    """A fifo in the walked tree once made the probe wait for a writer for ever (and `posture verify` with it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "key.txt").write_text("NEEDLE-123\n")
+    os.mkfifo(tmp_path / "a" / "pipe")
+    os.symlink(tmp_path / "a" / "key.txt", tmp_path / "link")
+    code = ("import json, sys; from posture.verify.probe import find_canaries; "
+            f"print(json.dumps(find_canaries(['NEEDLE-123'], [{str(tmp_path)!r}], [])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"NEEDLE-123": [str(tmp_path / "a" / "key.txt")]}  # the link is not read twice

@@ -26,6 +26,7 @@ import os
 import platform
 import pty
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -162,8 +163,9 @@ def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str],
             for name in files:
                 path = os.path.join(dirpath, name)
                 try:
-                    if os.path.islink(path) or os.path.getsize(path) > 4 << 20:
-                        continue
+                    st = os.lstat(path)
+                    if not stat.S_ISREG(st.st_mode) or st.st_size > 4 << 20:
+                        continue  # links, fifos (an open would wait for a writer for ever), sockets, devices, large files
                     data = _read(path)
                 except OSError as exc:
                     if exc.errno not in (errno.ENOENT, errno.ENXIO, errno.EOPNOTSUPP):  # gone, or a socket / fifo
