@@ -338,8 +338,8 @@ static void step_door(void) {
  * every lookup in the share fails with EMFILE, even loading libc. So a child stays guest root
  * (in the new root, no input from the session) and counts the guest's FUSE inodes (the
  * fuse_inode slab's active objects, in /proc/slabinfo: the descriptors virtiofsd holds for
- * this guest); past `budget` it drops the unused dentries and inodes (drop_caches 2: never
- * page cache, never what is open). posture sets the budget to a quarter of virtiofsd's limit,
+ * this guest); past `budget` it drops the unused dentries and inodes and the clean page cache
+ * (drop_caches 3: an inode with cached pages is not reclaimed otherwise; never what is open or mapped). posture sets the budget to a quarter of virtiofsd's limit,
  * which leaves room for a directory of thousands of entries listed between two looks. What a
  * drop cannot free (open files) raises the next trigger, so the reaper never spins.
  */
@@ -372,7 +372,7 @@ static void step_reaper(void) {
         if (n < 0) { say("posture-init: the inode reaper cannot read fuse_inode in /proc/slabinfo%s%s\n", "", ""); _exit(1); }
         if (n <= trigger) continue;
         int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "2", 1) != 1) { say("posture-init: the inode reaper cannot drop caches: %s%s\n", strerror(errno), ""); _exit(1); }
+        if (fd < 0 || write(fd, "3", 1) != 1) { say("posture-init: the inode reaper cannot drop caches: %s%s\n", strerror(errno), ""); _exit(1); }
         close(fd);
         long after = fuse_inodes();
         trigger = after + budget / 4 > budget ? after + budget / 4 : budget;

@@ -220,7 +220,7 @@ while True:
     time.sleep(0.05)
     if fuse_inodes() > trigger:
         with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("2")
+            f.write("3")
         trigger = max(BUDGET, fuse_inodes() + BUDGET // 4)
 """
 
