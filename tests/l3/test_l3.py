@@ -114,12 +114,16 @@ def test_both_guest_agents_run_commands(l3: L3, agent: str) -> None:
     missing = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--", "no-such-command-here",
                          cwd=project, XDG_CONFIG_HOME=str(cfg))
     assert missing.returncode == 127 and "no-such-command-here" in missing.stderr, missing.stderr
-    # with virtiofsd's descriptor limit at 8192 the guest's inode reaper drops what passes 2048 (each init has one)
+    # with virtiofsd's descriptor limit at 8192 the guest's inode reaper drops what passes 2048 (each init has one);
+    # the test hook starts it 500 ms late, after PID 1 has switched roots (a chroot by path then found nothing)
     bound = l3.posture("exec", str(project), "--level", "l3", "--profile", "shell", "--", "sh", "-c",
-                       f"cat {ro_file}; echo x >> {ro_file} && echo WRITABLE; python3 -c '{DENTRIES}'",
-                       cwd=project, XDG_CONFIG_HOME=str(cfg), nofile=8192)
+                       f"cat {ro_file}; echo x >> {ro_file} && echo WRITABLE; sleep 1; "
+                       "echo reapers $(cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^posture-reaper$'); "
+                       f"python3 -c '{DENTRIES}'",
+                       cwd=project, XDG_CONFIG_HOME=str(cfg), nofile=8192, POSTURE_FAULT_AT="l3-reaper-late")
     assert bound.stdout.startswith(f"ro-bind-{agent}\n") and "WRITABLE" not in bound.stdout, (bound.stdout, bound.stderr)  # bound, read-only
     assert ro_file.read_text() == f"ro-bind-{agent}\n"
+    assert "reapers 1\n" in bound.stdout, bound.stdout  # one reaper, alive in the guest's root
     start, seen, end = (int(n) for n in bound.stdout.split("dentries ")[1].split())
     assert seen > 12000 and end < start + 6000, (start, seen, end)  # over 12,000 looked up, and dropped again
     ro_file.unlink()

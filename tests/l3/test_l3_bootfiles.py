@@ -74,9 +74,11 @@ def test_both_inits_get_the_same_boot_steps() -> None:
     assert ops.count(b"bind") == 3 and ops.count(b"link") == 1 and ops[-1] == b"exec" and b"net" in ops
     assert fields[-7:-1] == [b"exec", b"1", b"1000", b"1000", b"1", b"/g/agent"]
     # both start the inode reaper (after the door, before the agent) with the budget
-    assert fields[fields.index(b"reaper") + 1] == b"2048" and fields.index(b"door") < fields.index(b"reaper") < fields.index(b"exec")
-    assert "chroot $R /usr/bin/python3 -I -S -c 'import time\n" in script and "trigger = 2048\n" in script
-    assert script.index("drop_caches") < script.index("exec switch_root")
+    reaper = fields.index(b"reaper")
+    assert fields[reaper + 1:reaper + 3] == [b"2048", b"0"] and fields.index(b"door") < reaper < fields.index(b"exec")
+    assert "exec chroot $R /usr/bin/python3 -I -S -c 'import time\n" in script and "trigger, wait, told = 2048, 0.05, False\n" in script
+    # the busybox init waits until the reaper is inside the new root, before switch_root moves that mount away
+    assert script.index("drop_caches") < script.index("[ ! -d /proc/$REAPER/root/.posture-guest ]") < script.index("exec switch_root")
     with pytest.raises(ValueError):
         guestboot.steps_file([guestboot.Link("/a\0b", "/c")])
 

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -339,9 +340,16 @@ static void step_door(void) {
  * (in the new root, no input from the session) and counts the guest's FUSE inodes (the
  * fuse_inode slab's active objects, in /proc/slabinfo: the descriptors virtiofsd holds for
  * this guest); past `budget` it drops the unused dentries and inodes and the clean page cache
- * (drop_caches 3: an inode with cached pages is not reclaimed otherwise; never what is open or mapped). posture sets the budget to a quarter of virtiofsd's limit,
- * which leaves room for a directory of thousands of entries listed between two looks. What a
- * drop cannot free (open files) raises the next trigger, so the reaper never spins.
+ * (drop_caches 3: an inode with cached pages is not reclaimed otherwise; never what is open or
+ * mapped). posture sets the budget to a quarter of virtiofsd's limit, which leaves room for a
+ * directory of thousands of entries listed between two looks.
+ *
+ * The child enters the new root through a descriptor opened before the fork: PID 1 moves that
+ * mount onto / right after (step_exec), and a chroot by path that ran later would land in the
+ * initramfs's empty mount point, where /proc/slabinfo does not exist (it did, in about one boot
+ * in three). What a drop cannot free (open files) raises the next trigger, at most to twice the
+ * budget, and the next look waits longer, so the reaper neither spins nor gives up; a look that
+ * fails is said once and tried again.
  */
 static long fuse_inodes(void) {
     static char buf[1 << 18]; /* /proc/slabinfo is about 30 KiB with a few hundred caches */
@@ -357,25 +365,42 @@ static long fuse_inodes(void) {
 }
 
 static void step_reaper(void) {
-    long budget = number();
-    if (budget < 1) die("the boot steps hold a bad inode budget", NULL);
+    long budget = number(), late_ms = number();
+    if (budget < 1 || late_ms < 0) die("the boot steps hold a bad inode budget", NULL);
+    int root = open(R, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0) { say("posture-init: cannot start the inode reaper: %s%s\n", strerror(errno), ""); return; }
     pid_t pid = fork();
-    if (pid < 0) { say("posture-init: cannot start the inode reaper: %s%s\n", strerror(errno), ""); return; }
-    if (pid) return;
+    if (pid < 0) say("posture-init: cannot start the inode reaper: %s%s\n", strerror(errno), "");
+    if (pid) { close(root); return; }
+    if (late_ms) sleep_ms(late_ms); /* test hook: start after PID 1 has switched roots */
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (chroot(R) || chdir("/") || null < 0) { say("posture-init: the inode reaper cannot start: %s%s\n", strerror(errno), ""); _exit(126); }
+    if (fchdir(root) || chroot(".") || chdir("/") || null < 0) { say("posture-init: the inode reaper cannot start: %s%s\n", strerror(errno), ""); _exit(126); }
+    close(root);
     dup2(null, 0);
-    long trigger = budget;
+    prctl(PR_SET_NAME, "posture-reaper", 0, 0, 0);
+    long trigger = budget, wait = 50;
+    int told = 0;
     for (;;) {
-        sleep_ms(50);
+        sleep_ms(wait);
         long n = fuse_inodes();
-        if (n < 0) { say("posture-init: the inode reaper cannot read fuse_inode in /proc/slabinfo%s%s\n", "", ""); _exit(1); }
+        if (n < 0) {
+            if (!told) say("posture-init: the inode reaper cannot read fuse_inode in /proc/slabinfo; trying again%s%s\n", "", "");
+            told = 1;
+            wait = 1000;
+            continue;
+        }
+        wait = 50;
         if (n <= trigger) continue;
         int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "3", 1) != 1) { say("posture-init: the inode reaper cannot drop caches: %s%s\n", strerror(errno), ""); _exit(1); }
-        close(fd);
-        long after = fuse_inodes();
-        trigger = after + budget / 4 > budget ? after + budget / 4 : budget;
+        if (fd < 0 || write(fd, "3", 1) != 1) {
+            if (!told) say("posture-init: the inode reaper cannot drop caches: %s; trying again%s\n", strerror(errno), "");
+            told = 1;
+            wait = 1000;
+        }
+        if (fd >= 0) close(fd);
+        long after = fuse_inodes(), next = after + budget / 4;
+        trigger = next < budget ? budget : next > 2 * budget ? 2 * budget : next;
+        if (after > budget) wait = 250; /* mostly open files: what a drop cannot free */
     }
 }
 

@@ -53,6 +53,9 @@ class Link:
     target: str
 
 
+GUEST_DIR = "/.posture-guest"  # the guest's own files, in the new root (the root share)
+
+
 @dataclass(frozen=True)
 class Door:
     """Start the gateway door's guest end (`argv`, in the new root; `--device PORT` appended) and wait for `ready`."""
@@ -67,10 +70,13 @@ class Reaper:
     """Keep the guest's FUSE inodes below `budget` (each is a descriptor virtiofsd holds: virtiofs.inode_budget)
     by dropping the unused dentries and inodes, from a child that stays guest root. The native init forks it; the busybox init
     starts it in `python` (shell builtins cannot parse /proc/slabinfo cheaply, and a `sleep` from the share
-    would not load just when the share is exhausted; a running interpreter needs nothing more from it)."""
+    would not load just when the share is exhausted; a running interpreter needs nothing more from it) and
+    waits until it is in the new root: switch_root moves that mount away, and a chroot by path that ran after
+    it would find nothing there. `late_ms` (test hook): the child starts that much later."""
 
     budget: int
     python: str
+    late_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,7 @@ def steps_file(plan: list[Step]) -> bytes:
         elif isinstance(s, Door):
             fields += ["door", s.port, s.ready, str(len(s.argv)), *s.argv]
         elif isinstance(s, Reaper):
-            fields += ["reaper", str(s.budget)]
+            fields += ["reaper", str(s.budget), str(s.late_ms)]
         elif isinstance(s, Agent):
             uid, gid = s.run_as if s.run_as is not None else (0, 0)
             fields += ["exec", str(int(s.run_as is not None)), str(uid), str(gid), str(len(s.argv)), *s.argv]
@@ -184,7 +190,7 @@ def shell_script(plan: list[Step]) -> str:
         elif isinstance(s, Door):
             lines += _shell_door(s)
         elif isinstance(s, Reaper):
-            lines.append(f"chroot $R {q(s.python)} -I -S -c {q(_REAPER_PY.replace('BUDGET', str(int(s.budget))))} </dev/null >/dev/null 2>&1 &")
+            lines += _shell_reaper(s)
         elif isinstance(s, Agent):
             if s.run_as is not None:
                 lines.append(f"chown {s.run_as[0]}:{s.run_as[1]} $DEV")
@@ -209,20 +215,51 @@ def shell_script(plan: list[Step]) -> str:
 
 
 _REAPER_PY = """import time
+open("/proc/self/comm", "w").write("posture-reaper")
 def fuse_inodes():
-    with open("/proc/slabinfo") as f:
-        for line in f:
-            if line.startswith("fuse_inode "):
-                return int(line.split()[1])
-    raise SystemExit("posture-init: no fuse_inode in /proc/slabinfo")
-trigger = BUDGET
+    try:
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                if line.startswith("fuse_inode "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+trigger, wait, told = BUDGET, 0.05, False
 while True:
-    time.sleep(0.05)
-    if fuse_inodes() > trigger:
+    time.sleep(wait)
+    n, wait = fuse_inodes(), 0.05
+    if n < 0 and not told:
+        print("posture-init: the inode reaper cannot read fuse_inode in /proc/slabinfo; trying again", flush=True)
+        told = True
+    if n < 0:
+        wait = 1.0
+    if n <= trigger:
+        continue
+    try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3")
-        trigger = max(BUDGET, fuse_inodes() + BUDGET // 4)
+    except OSError as exc:
+        if not told:
+            print(f"posture-init: the inode reaper cannot drop caches: {exc.strerror}; trying again", flush=True)
+        told, wait = True, 1.0
+    after = fuse_inodes()
+    trigger = min(max(BUDGET, after + BUDGET // 4), 2 * BUDGET)
+    if after > BUDGET:
+        wait = 0.25
 """
+
+
+def _shell_reaper(r: Reaper) -> list[str]:
+    """Start the reaper in the background and wait (up to 2 s) until it is inside the new root."""
+    code = shlex.quote(_REAPER_PY.replace("BUDGET", str(int(r.budget))))
+    late = f"usleep {int(r.late_ms) * 1000}; " if r.late_ms else ""
+    return [
+        f"( {late}exec chroot $R {shlex.quote(r.python)} -I -S -c {code} ) </dev/null >/dev/console 2>&1 &",
+        "REAPER=$!; i=0",
+        f"while [ $i -lt 400 ] && [ ! -d /proc/$REAPER/root{GUEST_DIR} ]; do usleep 5000; i=$((i + 1)); done",
+        f'[ -d /proc/$REAPER/root{GUEST_DIR} ] || echo "posture-init: the inode reaper did not start"',
+    ]
 
 
 def _shell_port(var: str, name: str, wait: bool) -> list[str]:

@@ -39,7 +39,7 @@ from ..view import View
 from . import guestboot
 from .guestagent import GuestAgent
 
-GUEST = "/.posture-guest"
+GUEST = guestboot.GUEST_DIR
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
 CHANNEL_NAME = "org.posture.exec"
 STAGE_SCRIPT = Path(__file__).with_name("stage.py")
@@ -203,7 +203,9 @@ def plan(view: View, stage: Path, network: bool, agent: GuestAgent, stall: bool 
     guest_binds.append((f"{GUEST}/rw/project", view.project, True, False))
     boot = guestboot.steps(view.home, huid, hgid, guest_binds, late_links, network, CHANNEL_NAME, door, stall,
                            guestboot.Agent(tuple(agent.argv), (view.uid, view.gid) if as_user else None),
-                           guestboot.Reaper(inode_budget(), GUEST_PYTHON))
+                           guestboot.Reaper(inode_budget(), GUEST_PYTHON,
+                                            # test hook: the reaper starts after PID 1 has switched roots
+                                            late_ms=500 if os.environ.get("POSTURE_FAULT_AT") == "l3-reaper-late" else 0))
     if native_init:
         ops.append({"op": "write", "path": f"{root}{GUEST}/boot.steps", "data": guestboot.steps_file(boot).decode(), "mode": 0o644})
     else:
