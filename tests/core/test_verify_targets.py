@@ -9,6 +9,7 @@ tests/l2/test_verify.py.
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -162,3 +163,40 @@ def test_the_canary_walk_reads_regular_files_only_and_a_fifo_does_not_stop_it(tm
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"NEEDLE-123": [str(tmp_path / "a" / "key.txt")]}  # the link is not read twice
+
+
+def test_the_probe_tries_a_listing_again_while_descriptors_are_exhausted_and_only_then(monkeypatch) -> None:
+    """EMFILE for a moment (an L3 guest's file server before its reaper drops inodes) is waited out; EMFILE that
+    lasts, and any other error at once, still fail (and so count as an unfinished walk)."""
+    import errno
+
+    from posture.verify import probe
+
+    monkeypatch.setattr(probe, "EXHAUSTED_WAIT", 0.5)
+    calls: list[str] = []
+
+    def flaky(path: str) -> str:
+        calls.append(path)
+        if len(calls) < 3:
+            raise OSError(errno.EMFILE, "Too many open files", path)
+        return "listed"
+
+    assert probe._retry(flaky, "/x") == "listed" and calls == ["/x"] * 3
+
+    def exhausted(path: str) -> str:
+        raise OSError(errno.EMFILE, "Too many open files", path)
+
+    started = time.monotonic()
+    with pytest.raises(OSError) as err:
+        probe._retry(exhausted, "/y")
+    assert err.value.errno == errno.EMFILE and 0.5 <= time.monotonic() - started < 2
+
+    gone: list[str] = []
+
+    def missing(path: str) -> str:
+        gone.append(path)
+        raise OSError(errno.ENOENT, "No such file or directory", path)
+
+    with pytest.raises(FileNotFoundError):
+        probe._retry(missing, "/z")
+    assert gone == ["/z"]

@@ -392,12 +392,10 @@ static void step_reaper(void) {
         wait = 50;
         if (n <= trigger) continue;
         int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "3", 1) != 1) {
-            if (!told) say("posture-init: the inode reaper cannot drop caches: %s; trying again%s\n", strerror(errno), "");
-            told = 1;
-            wait = 1000;
-        }
+        int dropped = fd >= 0 && write(fd, "3", 1) == 1;
+        if (!dropped && !told) say("posture-init: the inode reaper cannot drop caches: %s; trying again%s\n", strerror(errno), "");
         if (fd >= 0) close(fd);
+        if (!dropped) { told = 1; wait = 1000; continue; }
         long after = fuse_inodes(), next = after + budget / 4;
         trigger = next < budget ? budget : next > 2 * budget ? 2 * budget : next;
         if (after > budget) wait = 250; /* mostly open files: what a drop cannot free */

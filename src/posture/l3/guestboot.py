@@ -215,7 +215,10 @@ def shell_script(plan: list[Step]) -> str:
 
 
 _REAPER_PY = """import time
-open("/proc/self/comm", "w").write("posture-reaper")
+try:
+    open("/proc/self/comm", "w").write("posture-reaper")
+except OSError:
+    pass
 def fuse_inodes():
     try:
         with open("/proc/slabinfo") as f:
@@ -243,6 +246,7 @@ while True:
         if not told:
             print(f"posture-init: the inode reaper cannot drop caches: {exc.strerror}; trying again", flush=True)
         told, wait = True, 1.0
+        continue
     after = fuse_inodes()
     trigger = min(max(BUDGET, after + BUDGET // 4), 2 * BUDGET)
     if after > BUDGET:

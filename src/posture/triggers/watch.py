@@ -22,7 +22,6 @@ from .monitor import Monitor
 
 WATCHED_RULES = ("unfamiliar_mcp", "untrusted_repo")
 INTERVAL = 1.0
-UNREADABLE = "could not be read"  # policy/rules.py's evidence for a config that does not parse
 UNREADABLE_SETTLE_LOOKS, UNREADABLE_SETTLE_SECONDS = 4, 0.25
 
 
@@ -76,6 +75,10 @@ class Watcher:
 
     def evaluate(self) -> list[Fired]:
         """The watched rules that fire on the project as it is now."""
+        return self._look()[0]
+
+    def _look(self) -> tuple[list[Fired], bool]:
+        """What `evaluate` returns, and whether any MCP config could not be read."""
         project, settings = self.monitor.project, self.monitor.settings
         facts = factsmod.gather(project)
         if self.agent_home is not None:  # the session's own agent config, where `claude mcp add` writes
@@ -89,7 +92,7 @@ class Watcher:
                 finding = rule.evaluate(facts, settings)
                 if finding.fired:
                     out.append(Fired(rule.name, settings.rule_level(rule.name, rule.default_level), finding.evidence))
-        return out
+        return out, bool(facts.mcp.unreadable)
 
     def poll_once(self) -> None:
         """One look: report rules that fire with new evidence; clear a latch whose cause went away."""
@@ -98,13 +101,13 @@ class Watcher:
             return
         changed = [str(f) for f, a, b in zip(self.files, sig, self._sig) if a != b]
         self._sig = sig
-        fired = self.evaluate()
-        for _ in range(UNREADABLE_SETTLE_LOOKS):  # a config caught mid-write (the agent truncates, then writes):
-            if not any(UNREADABLE in f.evidence for f in fired):  # looked at again; one still unreadable fires
+        fired, unreadable = self._look()
+        for _ in range(UNREADABLE_SETTLE_LOOKS):  # a config caught mid-write (the agent truncates, then writes)
+            if not unreadable:                    # is looked at again; one that stays unreadable fires
                 break
             time.sleep(UNREADABLE_SETTLE_SECONDS)
             self._sig = signature(self.files)
-            fired = self.evaluate()
+            fired, unreadable = self._look()
         new = [f for f in fired if self._seen.get(f.rule) != f.evidence]
         self._seen = {f.rule: f.evidence for f in fired}
         detail = "changed: " + (", ".join(changed) or "the project's MCP configs or remotes")

@@ -92,26 +92,38 @@ EXHAUSTED = (errno.EMFILE, errno.ENFILE)  # descriptors run out for a moment (an
 EXHAUSTED_WAIT = 3.0                     # the guest's reaper drops its inodes): the listing is tried again
 
 
+def _retry(fn, path: str):
+    """fn(path), tried again for EXHAUSTED_WAIT seconds while it fails because descriptors are exhausted."""
+    deadline = time.monotonic() + EXHAUSTED_WAIT
+    while True:
+        try:
+            return fn(path)
+        except OSError as exc:
+            if exc.errno not in EXHAUSTED or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _listing(path: str) -> list[os.DirEntry]:
+    with os.scandir(path) as it:
+        return list(it)
+
+
+def _contents(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 def _walk(top: str, failed) -> Iterator[tuple[str, list[str], list[str]]]:
-    """os.walk's top-down walk without following links, each listing tried again for EXHAUSTED_WAIT seconds
-    when descriptors are exhausted; what still fails goes to `failed`."""
+    """os.walk's top-down walk without following links, each listing tried again (`_retry`) when
+    descriptors are exhausted; what still fails goes to `failed`."""
     stack = [top]
     while stack:
         path = stack.pop()
-        deadline = time.monotonic() + EXHAUSTED_WAIT
-        while True:
-            try:
-                with os.scandir(path) as it:
-                    entries = list(it)
-                break
-            except OSError as exc:
-                if exc.errno in EXHAUSTED and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    continue
-                failed(exc)
-                entries = None
-                break
-        if entries is None:
+        try:
+            entries = _retry(_listing, path)
+        except OSError as exc:
+            failed(exc)
             continue
         dirs: list[str] = []
         files: list[str] = []
@@ -122,19 +134,6 @@ def _walk(top: str, failed) -> Iterator[tuple[str, list[str], list[str]]]:
                 files.append(entry.name)
         yield path, dirs, files
         stack.extend(os.path.join(path, d) for d in reversed(dirs))
-
-
-def _read(path: str) -> bytes:
-    """The file's bytes, tried again for EXHAUSTED_WAIT seconds when descriptors are exhausted."""
-    deadline = time.monotonic() + EXHAUSTED_WAIT
-    while True:
-        try:
-            with open(path, "rb") as fh:
-                return fh.read()
-        except OSError as exc:
-            if exc.errno not in EXHAUSTED or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.1)
 
 
 def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str],
@@ -166,7 +165,7 @@ def find_canaries(needles: list[str], roots: list[str] | None, skip: list[str],
                     st = os.lstat(path)
                     if not stat.S_ISREG(st.st_mode) or st.st_size > 4 << 20:
                         continue  # links, fifos (an open would wait for a writer for ever), sockets, devices, large files
-                    data = _read(path)
+                    data = _retry(_contents, path)
                 except OSError as exc:
                     if exc.errno not in (errno.ENOENT, errno.ENXIO, errno.EOPNOTSUPP):  # gone, or a socket / fifo
                         failed(exc)
