@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import requests, sessionrules, slirp, target
+from . import requests, rulecheck, sessionrules, slirp, target
+from .nft import generation as nft_generation
 from .nft import remove_session_rules as nft_remove
 from .client import DEFAULT_SOCKET, PROTOCOL, NetdError, request  # noqa: F401
 from .limits import WORKERS, Limits, message
@@ -100,8 +101,8 @@ class Daemon:
         self.sessions: dict[str, Attached] = {}
         self.lock = threading.Lock()
         self.nft_lock = threading.Lock()
-        self.unruler = sessionrules.Unruler(lambda keys: self._own_change(lambda: nft_remove(self.table, keys)), self.nft_lock, _log)
-        self.verified: tuple[int, int] | None = None  # (ruleset generation, cgroup id) of the last passed check
+        self.check = rulecheck.RememberedCheck(nft_generation)  # the last passed rule check, while it stands
+        self.unruler = sessionrules.Unruler(lambda keys: self.check.own_change(lambda: nft_remove(self.table, keys)), self.nft_lock, _log)
         self.netns = os.stat("/proc/self/ns/net").st_ino
         self.stopping = False
         self.limits = limits
@@ -145,39 +146,23 @@ class Daemon:
         _log(f"loaded table inet {self.table} for cgroup {self.net} (id {self.cg.cgroup_id(self.net, self.mount)}, level {self.cg.level(self.net)})")
 
     def verify(self) -> tuple[bool, str, int | None]:
-        """The full check (nft.verify) of the rule against the cgroup's id now. Listing the table
-        costs ~10 ms of CPU on every attach (nft walks /sys/fs/cgroup to print each rule's cgroup),
-        so a passed check is remembered with the kernel's ruleset generation it saw: while neither
-        that generation (bumped by every change to any rule, set or table) nor the cgroup's id has
-        changed, the ruleset is the one verified; anything else runs the full check again."""
+        """The full check (nft.verify) of the rule against the cgroup's id now, unless a passed one
+        still stands (rulecheck.RememberedCheck: neither the ruleset generation nor the cgroup's id moved)."""
         from . import nft
 
         current = self.cg.cgroup_id(self.net, self.mount)
         with self.nft_lock:
-            before = nft.generation()
-            if before is not None and current is not None and self.verified == (before, current):
+            holds, before = self.check.holds(current)
+            if holds:
                 return True, f"rule loaded for cgroup id {current}", current
-            self.verified = None
             verdict = nft.verify(self.table, current, self.blocked)
-            if verdict.ok and before is not None and current is not None and nft.generation() == before:
-                self.verified = (before, current)
+            if verdict.ok:
+                self.check.remember(before, current)
         return verdict.ok, verdict.detail, current
 
     def _unrule_later(self, key: str) -> None:
         """Queue a session's rules for removal (sessionrules.Unruler: one listing for every ended session)."""
         self.unruler.add(key)
-
-    def _own_change(self, change: Any) -> None:
-        """Run one of the helper's own `sessions`-chain transactions (nft_lock held) so that it does not void
-        a remembered check: when the generation moved by exactly this one commit, the verified base rules are unchanged."""
-        from . import nft
-
-        before = nft.generation()
-        kept = self.verified is not None and before is not None and self.verified[0] == before
-        change()
-        after = nft.generation()
-        if kept and after is not None and before is not None and after == before + 1 and self.verified is not None:
-            self.verified = (after, self.verified[1])
 
     # -------------------------------------------------------------- requests
     def dispatch(self, uid: int, line: bytes) -> Answer | Callable[[], Answer]:
@@ -292,7 +277,7 @@ class Daemon:
                 def add_rules() -> None:  # beside slirp's start: its extra blocks and drop counters hold before the answer
                     try:
                         with self.nft_lock:
-                            self._own_change(lambda: nft.add_session_rules(
+                            self.check.own_change(lambda: nft.add_session_rules(
                                 self.table, self.cg.nft_path(att.net, self.mount), self.cg.level(att.net), extra, att.key, count=att.counted))
                         ruled.append(None)
                     except BaseException as exc:  # noqa: BLE001 - raised below

@@ -251,9 +251,10 @@ def verify(table: str, current_id: int | None, blocked: list[str]) -> Verdict:
     return Verdict(True, f"rule loaded for cgroup id {current_id}")
 
 
-def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[str], comment: str, count: tuple[str, ...] = ()) -> None:
+def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[str], comment: str, count: tuple[str, ...] = ()) -> bool:
     """Extra blocks for one session's slirp4netns cgroup (inserted in the `sessions` chain), after a
-    counter per range of `count` (the ranges the table blocks for it: read back by `drop_counts`)."""
+    counter per range of `count` (the ranges the table blocks for it: read back by `drop_counts`).
+    True when one transaction was committed, False when there was nothing to add."""
     v4, v6 = _split(blocked)
     match = f'socket cgroupv2 level {level} "{cgroup_path}"'
     lines = []
@@ -266,8 +267,10 @@ def add_session_rules(table: str, cgroup_path: str, level: int, blocked: list[st
         lines.append(f'add rule inet {table} sessions {match} ip daddr {{ {_elements(v4)} }} reject comment "{comment}"')
     if v6:
         lines.append(f'add rule inet {table} sessions {match} ip6 daddr {{ {_elements(v6)} }} reject comment "{comment}"')
-    if lines:
-        run("\n".join(lines) + "\n")
+    if not lines:
+        return False
+    run("\n".join(lines) + "\n")
+    return True
 
 
 def _counters(table: str, comment: str) -> dict[int, int]:
@@ -282,13 +285,14 @@ def drop_counts(table: str, comment: str, ranges: tuple[str, ...]) -> dict[str, 
     return {ranges[i]: n for i, n in _counters(table, comment).items() if n and i < len(ranges)}
 
 
-def remove_session_rules(table: str, comment: str | list[str]) -> None:
-    """Delete the `sessions` rules (and drop counters) carrying `comment` (or any of a list: one listing, one commit)."""
+def remove_session_rules(table: str, comment: str | list[str]) -> bool:
+    """Delete the `sessions` rules (and drop counters) carrying `comment` (or any of a list: one listing, one commit).
+    True when that one transaction was committed; False when there was nothing to delete (or no chain to list)."""
     comments = [comment] if isinstance(comment, str) else comment
     try:
         out = run(f"list chain inet {table} sessions", handles=True)
     except NftError:
-        return
+        return False
     alternatives = "|".join(re.escape(c) for c in comments)
     handles = [m.group(1) for m in re.finditer(r'comment "(?:' + alternatives + r')(?: drop [^"]*)?" # handle (\d+)', out)]
     lines = [f"delete rule inet {table} sessions handle {h}\n" for h in handles]
@@ -296,8 +300,10 @@ def remove_session_rules(table: str, comment: str | list[str]) -> None:
         lines += [f"delete counter inet {table} {c}_d{i}\n" for c in comments for i in _counters(table, c)]
     except NftError:
         pass
-    if lines:
-        run("".join(lines))
+    if not lines:
+        return False
+    run("".join(lines))
+    return True
 
 
 def resolvers(path: str = "/etc/resolv.conf") -> list[str]:
