@@ -43,32 +43,23 @@ CHILD = textwrap.dedent("""
         assert check.holds(CID)[0], "a check remembered just now must hold"
         return check
 
+    def after_outside_commit(cmd, change):  # another party commits inside the helper's own change
+        check = fresh()
+        def both():
+            outside(cmd)
+            return change()
+        check.own_change(both)
+        return check.holds(CID)[0]
+
     results = {}
-
-    # the helper's own removal finds the table gone (someone deleted it mid-change): nothing was
-    # committed by the helper, so the other party's commit must void the check
-    check = fresh()
-    def removal_after_a_delete():
-        outside(f"delete table inet {T}")
-        return nft.remove_session_rules(T, ["u1-x"])
-    check.own_change(removal_after_a_delete)
-    results["removal_after_delete"] = check.holds(CID)[0]
-
-    # the same with a flush (the table and its chain stay, the base rule goes)
-    check = fresh()
-    def removal_after_a_flush():
-        outside(f"flush table inet {T}")
-        return nft.remove_session_rules(T, ["u1-x"])
-    check.own_change(removal_after_a_flush)
-    results["removal_after_flush"] = check.holds(CID)[0]
-
+    # the helper's own removal finds the table gone (deleted mid-change) or its rules gone (flushed):
+    # it committed nothing, so the other party's commit must void the check
+    remove = lambda: nft.remove_session_rules(T, ["u1-x"])
+    results["removal_after_delete"] = after_outside_commit(f"delete table inet {T}", remove)
+    results["removal_after_flush"] = after_outside_commit(f"flush table inet {T}", remove)
     # the helper's own commit plus another one: two steps, voided
-    check = fresh()
-    def add_and_another():
-        outside(f"add chain inet {T} other")
-        return nft.add_session_rules(T, CG, 1, ["10.9.0.0/16"], "u1-y")
-    check.own_change(add_and_another)
-    results["add_plus_outside"] = check.holds(CID)[0]
+    add = lambda: nft.add_session_rules(T, CG, 1, ["10.9.0.0/16"], "u1-y")
+    results["add_plus_outside"] = after_outside_commit(f"add chain inet {T} other", add)
 
     # controls: the helper's own add and removal alone carry the check forward
     check = fresh()
